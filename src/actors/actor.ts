@@ -1,0 +1,35 @@
+/**
+ * The mailbox primitive: messages are handled one at a time, in the order they were posted. A message
+ * posted while another is being handled (from inside a handler, or by a callback it triggered) waits
+ * its turn instead of re-entering, so a handler always sees the state the previous one left. An idle
+ * mailbox handles a post at once, in the caller's stack: no microtask, no allocation beyond the message,
+ * and a uWS callback's cork still covers every send the message causes.
+ */
+export abstract class Actor<M> {
+  private readonly mailbox: M[] = [];
+  private busy = false;
+
+  post(message: M): void {
+    this.mailbox.push(message);
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      for (let i = 0; i < this.mailbox.length; i++) {
+        const next = this.mailbox[i]!;
+        try {
+          this.receive(next);
+        } catch (error) {
+          this.failed(error, next);
+        }
+      }
+    } finally {
+      this.mailbox.length = 0;
+      this.busy = false;
+    }
+  }
+
+  protected abstract receive(message: M): void;
+
+  /** A handler threw: the actor decides what that means for it. It must not throw. */
+  protected abstract failed(error: unknown, message: M): void;
+}

@@ -1,0 +1,110 @@
+import { z } from 'zod';
+import type { ProtocolVersion } from './protocol/xiaozhi.ts';
+
+// The one home of configuration: environment in, one typed and validated object out. Every default
+// lives here, so that what the gateway does without any settings can be read in one place.
+
+const blankIsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const int = (fallback: number, min: number, max: number) =>
+  z.preprocess(blankIsUnset, z.coerce.number().int().min(min).max(max).default(fallback));
+const optionalText = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+const schema = z.object({
+  HOST: z.string().default('0.0.0.0'),
+  PORT: int(8080, 0, 65535),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  CLIENT_TOKENS: optionalText,
+
+  UPSTREAM_URL: optionalText.pipe(z.url({ protocol: /^wss?$/ }).optional()),
+  UPSTREAM_TOKEN: optionalText,
+  UPSTREAM_DEVICE_ID: optionalText.pipe(
+    z
+      .string()
+      .transform((v) => v.toLowerCase())
+      .refine((v) => MAC.test(v), 'must be a MAC address like aa:bb:cc:dd:ee:ff')
+      .optional(),
+  ),
+  UPSTREAM_CLIENT_ID: optionalText.pipe(z.uuid().optional()),
+  UPSTREAM_PROTOCOL_VERSION: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2), z.literal(3)])).default(1),
+  UPSTREAM_HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
+  UPSTREAM_MAX_MESSAGE_BYTES: int(1024 * 1024, 4096, 64 * 1024 * 1024),
+
+  MAX_SESSIONS: int(1000, 1, 1_000_000),
+  MAX_FRAME_BYTES: int(64 * 1024, 1024, 16 * 1024 * 1024),
+  HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
+  SOCKET_HIGH_WATER_BYTES: int(256 * 1024, 1024, 64 * 1024 * 1024),
+  QUEUE_LIMIT_MS: int(5000, 60, 600_000),
+
+  SIM_REPLY: z.enum(['speech']).default('speech'),
+});
+
+export interface Config {
+  host: string;
+  port: number;
+  logLevel: z.infer<typeof schema>['LOG_LEVEL'];
+  /** Tokens a client may present; empty means no authentication. */
+  clientTokens: readonly string[];
+  /** The xiaozhi server; absent means the embedded simulator. */
+  upstream: {
+    url: string | undefined;
+    token: string | undefined;
+    /** Shared by every session when set: the server keys conversation memory by it. */
+    deviceId: string | undefined;
+    clientId: string | undefined;
+    protocolVersion: ProtocolVersion;
+    helloTimeoutMs: number;
+    /** A larger upstream message is a fault: the connection is dropped rather than the memory spent. */
+    maxMessageBytes: number;
+  };
+  limits: {
+    maxSessions: number;
+    maxFrameBytes: number;
+    helloTimeoutMs: number;
+  };
+  sink: {
+    /** Above this many bytes buffered in the socket, frames wait in the session's own queue. */
+    highWaterBytes: number;
+    /** How much audio a session's queue holds beyond what the socket buffers. */
+    queueLimitMs: number;
+  };
+  sim: { reply: 'speech' };
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  return {
+    host: e.HOST,
+    port: e.PORT,
+    logLevel: e.LOG_LEVEL,
+    clientTokens: (e.CLIENT_TOKENS ?? '')
+      .split(',')
+      .map((t) => t.trim())
+      .filter((t) => t !== ''),
+    upstream: {
+      url: e.UPSTREAM_URL,
+      token: e.UPSTREAM_TOKEN,
+      deviceId: e.UPSTREAM_DEVICE_ID,
+      clientId: e.UPSTREAM_CLIENT_ID,
+      protocolVersion: e.UPSTREAM_PROTOCOL_VERSION as ProtocolVersion,
+      helloTimeoutMs: e.UPSTREAM_HELLO_TIMEOUT_MS,
+      maxMessageBytes: e.UPSTREAM_MAX_MESSAGE_BYTES,
+    },
+    limits: { maxSessions: e.MAX_SESSIONS, maxFrameBytes: e.MAX_FRAME_BYTES, helloTimeoutMs: e.HELLO_TIMEOUT_MS },
+    sink: { highWaterBytes: e.SOCKET_HIGH_WATER_BYTES, queueLimitMs: e.QUEUE_LIMIT_MS },
+    sim: { reply: e.SIM_REPLY },
+  };
+}

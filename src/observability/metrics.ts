@@ -1,0 +1,118 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+// Every metric of the gateway, defined once (names as in DESIGN.md). Never a per-session label: a
+// session's children are cached by the session itself so that the hot path does no label lookups.
+
+/** Frame-scale buckets: a frame's trip through the gateway is normally well under a millisecond. */
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
+/** Around the 60 ms frame clock: a gap users hear is one well above the frame duration. */
+const INTERVAL_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2];
+const HUMAN_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10];
+const QUEUE_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100, 200];
+
+export type DropReason = 'aborted' | 'too_slow' | 'client_gone';
+export type FailReason = 'closed' | 'backpressure_limit' | 'exception';
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'voicegw_' });
+  const registers = [registry];
+  return {
+    registry,
+    sessionsActive: new Gauge({ name: 'voicegw_sessions_active', help: 'Client sessions open now', registers }),
+    sessionsTotal: new Counter({
+      name: 'voicegw_sessions_total',
+      help: 'Client sessions ended, by outcome',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    framesPushed: new Counter({
+      name: 'voicegw_frames_pushed_total',
+      help: 'Audio frames handed to a client socket',
+      labelNames: ['codec', 'transport'] as const,
+      registers,
+    }),
+    framesDropped: new Counter({
+      name: 'voicegw_frames_dropped_total',
+      help: 'Audio frames discarded on purpose, by reason',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    sendFailures: new Counter({
+      name: 'voicegw_send_failures_total',
+      help: 'Frames a client socket refused, by reason',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    queueDepth: new Gauge({ name: 'voicegw_queue_depth_frames', help: 'Frames waiting in front of client sockets, all sessions', registers }),
+    sessionQueueDepth: new Histogram({
+      name: 'voicegw_session_queue_depth_frames',
+      help: "A session's queue depth, observed at each enqueue",
+      buckets: QUEUE_BUCKETS,
+      registers,
+    }),
+    backpressureEvents: new Counter({
+      name: 'voicegw_backpressure_events_total',
+      help: "Times a client socket's buffered amount crossed the high-water mark",
+      registers,
+    }),
+    upstreamFrames: new Counter({ name: 'voicegw_upstream_frames_total', help: 'Opus packets received from the upstream', registers }),
+    decodeErrors: new Counter({ name: 'voicegw_decode_errors_total', help: 'Upstream Opus packets that failed to decode', registers }),
+    concealedFrames: new Counter({
+      name: 'voicegw_concealed_frames_total',
+      help: 'Frames made by packet-loss concealment in place of undecodable packets',
+      registers,
+    }),
+    uplinkFrames: new Counter({ name: 'voicegw_uplink_frames_total', help: 'Opus packets sent to the upstream', registers }),
+    frameLatency: new Histogram({
+      name: 'voicegw_frame_latency_seconds',
+      help: 'Upstream arrival of a packet to its frame handed to the client socket',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }),
+    frameInterval: new Histogram({
+      name: 'voicegw_frame_interval_seconds',
+      help: 'Gap between consecutive audio frames pushed within one reply',
+      buckets: INTERVAL_BUCKETS,
+      registers,
+    }),
+    timeToFirstAudio: new Histogram({
+      name: 'voicegw_time_to_first_audio_seconds',
+      help: "End of the user's input to the reply's first audio frame pushed",
+      buckets: HUMAN_BUCKETS,
+      registers,
+    }),
+    upstreamConnect: new Histogram({
+      name: 'voicegw_upstream_connect_seconds',
+      help: 'Upstream connection opened and hello answered',
+      buckets: HUMAN_BUCKETS,
+      registers,
+    }),
+    upstreamErrors: new Counter({
+      name: 'voicegw_upstream_errors_total',
+      help: 'Upstream faults, by kind',
+      labelNames: ['kind'] as const,
+      registers,
+    }),
+    upstreamUnknown: new Counter({
+      name: 'voicegw_upstream_unknown_messages_total',
+      help: 'Upstream messages of a type the gateway does not act on, tolerated',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    clientMessages: new Counter({
+      name: 'voicegw_client_messages_total',
+      help: 'Client text messages, by type',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    badMessages: new Counter({
+      name: 'voicegw_bad_messages_total',
+      help: 'Client or upstream messages refused, by reason',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

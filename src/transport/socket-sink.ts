@@ -1,0 +1,192 @@
+import type { ClientFrame } from '../protocol/client.ts';
+import type { DropReason, FailReason, Metrics } from '../observability/metrics.ts';
+
+/** The part of a uWS WebSocket the sink uses. */
+export interface ClientSocket {
+  /** 1: sent; 0: accepted into the socket's own buffer; 2: dropped by the socket's backpressure limit. */
+  send(data: Buffer | string, isBinary: boolean): number;
+  getBufferedAmount(): number;
+}
+
+export interface SinkOptions {
+  /** Above this many bytes buffered in the socket, frames wait in the sink's queue instead. */
+  highWaterBytes: number;
+  /** Milliseconds of audio the queue holds at most; beyond it the oldest queued audio goes (`too_slow`). */
+  queueLimitMs: number;
+  codec: string;
+  transport: string;
+  /** Called on the first `too_slow` drop of a reply, so that the client hears of it once. */
+  onTooSlow: () => void;
+  now?: () => number;
+}
+
+const DROPPED_BY_SOCKET = 2;
+
+/**
+ * The one place backpressure lives (RxJS has none). Frames go straight to the socket while its buffered
+ * amount is under the high-water mark; above it they wait here, in order, until `drain`. Every audio
+ * frame ends in exactly one of pushed, dropped (with reason) or failed (with reason). A closed socket is
+ * never touched: uWS throws on that.
+ */
+export class SocketSink {
+  private queue: ClientFrame[] = [];
+  private head = 0;
+  private queuedAudio = 0;
+  private queuedMs = 0;
+  private closed = false;
+  private overHighWater = false;
+  private lastAudioAt = -1;
+  private inputEndedAt = -1;
+  private tooSlowReported = false;
+  private readonly now: () => number;
+  private readonly pushed;
+  private readonly dropped: Record<DropReason, { inc(n?: number): void }>;
+  private readonly failed: Record<FailReason, { inc(n?: number): void }>;
+
+  constructor(
+    private readonly socket: ClientSocket,
+    private readonly options: SinkOptions,
+    private readonly metrics: Metrics,
+  ) {
+    this.now = options.now ?? performance.now.bind(performance);
+    this.pushed = metrics.framesPushed.labels(options.codec, options.transport);
+    const d = metrics.framesDropped;
+    this.dropped = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
+    const f = metrics.sendFailures;
+    this.failed = { closed: f.labels('closed'), backpressure_limit: f.labels('backpressure_limit'), exception: f.labels('exception') };
+  }
+
+  /** Frames waiting in the sink (not counting what the socket itself buffers). */
+  get depth(): number {
+    return this.queue.length - this.head;
+  }
+
+  write(frame: ClientFrame): void {
+    if (this.closed) {
+      if (frame.kind === 'audio') this.dropped.client_gone.inc();
+      return;
+    }
+    if (frame.kind === 'state') this.lastAudioAt = -1;
+    if (this.depth > 0 || this.isOverHighWater()) this.enqueue(frame);
+    else this.send(frame);
+  }
+
+  /** The socket drained some of its buffer: send what waits, as far as the high-water mark allows. */
+  drain(): void {
+    while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
+      const frame = this.queue[this.head]!;
+      this.queue[this.head++] = undefined as never;
+      this.metrics.queueDepth.dec();
+      if (frame.kind === 'audio') {
+        this.queuedAudio--;
+        this.queuedMs -= frame.durationMs;
+      }
+      this.send(frame);
+    }
+    if (this.depth === 0) this.resetQueue();
+  }
+
+  /** Discards every queued audio frame at once (abort); text stays, in order. Returns how many went. */
+  dropAudio(reason: DropReason): number {
+    if (this.queuedAudio === 0) return 0;
+    const kept: ClientFrame[] = [];
+    for (let i = this.head; i < this.queue.length; i++) {
+      const frame = this.queue[i]!;
+      if (frame.kind !== 'audio') kept.push(frame);
+    }
+    const n = this.queuedAudio;
+    this.metrics.queueDepth.dec(n);
+    this.dropped[reason].inc(n);
+    this.queue = kept;
+    this.head = 0;
+    this.queuedAudio = 0;
+    this.queuedMs = 0;
+    return n;
+  }
+
+  /** A new reply begins: its first audio frame is timed from `at`, and `too_slow` may be reported again. */
+  markInputEnded(at: number): void {
+    this.inputEndedAt = at;
+    this.tooSlowReported = false;
+  }
+
+  /** The socket is gone: what waits is dropped as `client_gone`, and nothing touches the socket again. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const audio = this.queuedAudio;
+    this.metrics.queueDepth.dec(this.depth);
+    if (audio > 0) this.dropped.client_gone.inc(audio);
+    this.queue = [];
+    this.head = 0;
+    this.queuedAudio = 0;
+    this.queuedMs = 0;
+  }
+
+  private isOverHighWater(): boolean {
+    const over = this.socket.getBufferedAmount() > this.options.highWaterBytes;
+    if (over && !this.overHighWater) this.metrics.backpressureEvents.inc();
+    this.overHighWater = over;
+    return over;
+  }
+
+  private enqueue(frame: ClientFrame): void {
+    if (frame.kind === 'audio') {
+      while (this.queuedAudio > 0 && this.queuedMs + frame.durationMs > this.options.queueLimitMs) this.dropOldestAudio();
+      this.queuedAudio++;
+      this.queuedMs += frame.durationMs;
+    }
+    this.queue.push(frame);
+    this.metrics.queueDepth.inc();
+    this.metrics.sessionQueueDepth.observe(this.depth);
+  }
+
+  private dropOldestAudio(): void {
+    for (let i = this.head; i < this.queue.length; i++) {
+      const frame = this.queue[i]!;
+      if (frame.kind !== 'audio') continue;
+      this.queue.splice(i, 1);
+      this.queuedAudio--;
+      this.queuedMs -= frame.durationMs;
+      this.metrics.queueDepth.dec();
+      this.dropped.too_slow.inc();
+      if (!this.tooSlowReported) {
+        this.tooSlowReported = true;
+        this.options.onTooSlow();
+      }
+      return;
+    }
+  }
+
+  private resetQueue(): void {
+    if (this.head === 0) return;
+    this.queue.length = 0;
+    this.head = 0;
+  }
+
+  private send(frame: ClientFrame): void {
+    const audio = frame.kind === 'audio';
+    let result: number;
+    try {
+      result = this.socket.send(frame.data, typeof frame.data !== 'string');
+    } catch {
+      // uWS throws once the socket is closed; the close event that follows will close the sink.
+      if (audio) this.failed.closed.inc();
+      return;
+    }
+    if (!audio) return;
+    if (result === DROPPED_BY_SOCKET) {
+      this.failed.backpressure_limit.inc();
+      return;
+    }
+    this.pushed.inc();
+    const now = this.now();
+    this.metrics.frameLatency.observe((now - frame.arrivedAt) / 1000);
+    if (this.lastAudioAt >= 0) this.metrics.frameInterval.observe((now - this.lastAudioAt) / 1000);
+    this.lastAudioAt = now;
+    if (this.inputEndedAt >= 0) {
+      this.metrics.timeToFirstAudio.observe((now - this.inputEndedAt) / 1000);
+      this.inputEndedAt = -1;
+    }
+  }
+}

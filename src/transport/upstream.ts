@@ -1,0 +1,117 @@
+import { Observable } from 'rxjs';
+import WebSocket from 'ws';
+import {
+  deviceHello,
+  encodeBinary,
+  isAcceptableHello,
+  parseServerJson,
+  type DeviceMessage,
+  type ProtocolVersion,
+} from '../protocol/xiaozhi.ts';
+import type { RawUpstream } from '../streams/events.ts';
+
+export interface UpstreamOptions {
+  url: string;
+  token: string | undefined;
+  deviceId: string;
+  clientId: string;
+  protocolVersion: ProtocolVersion;
+  helloTimeoutMs: number;
+  maxMessageBytes: number;
+  /** What the gateway will send up: Opus at this rate and frame length. */
+  uplink: { sampleRate: number; frameMs: number };
+}
+
+export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket';
+
+export class UpstreamError extends Error {
+  override name = 'UpstreamError';
+  constructor(
+    readonly kind: UpstreamErrorKind,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Device messages as the session writes them; the upstream adds the server's session_id. */
+type Outgoing = DeviceMessage extends infer M ? (M extends { session_id: string } ? Omit<M, 'session_id'> : never) : never;
+
+/**
+ * One xiaozhi device session with a server. `messages$` is cold: each subscription opens a WebSocket
+ * with the xiaozhi upgrade headers, sends the device hello, and emits the server's hello (raw, like
+ * every message after it) once it is acceptable. It errors with an UpstreamError when the server is
+ * unreachable, does not answer hello in time, answers wrongly, or closes; unsubscribing closes the socket.
+ */
+export class Upstream {
+  readonly messages$: Observable<RawUpstream>;
+  private socket: WebSocket | undefined;
+  private serverSessionId = '';
+
+  constructor(private readonly options: UpstreamOptions) {
+    this.messages$ = new Observable<RawUpstream>((subscriber) => {
+      const o = this.options;
+      const headers: Record<string, string> = { 'Protocol-Version': String(o.protocolVersion), 'Device-Id': o.deviceId, 'Client-Id': o.clientId };
+      if (o.token !== undefined) headers.Authorization = `Bearer ${o.token}`;
+      const socket = new WebSocket(o.url, { headers, perMessageDeflate: false, maxPayload: o.maxMessageBytes, handshakeTimeout: o.helloTimeoutMs });
+      let helloDone = false;
+      const fail = (kind: UpstreamErrorKind, message: string) => {
+        if (!subscriber.closed) subscriber.error(new UpstreamError(kind, message));
+      };
+      const helloTimer = setTimeout(() => fail('hello_timeout', `no hello from the upstream within ${o.helloTimeoutMs} ms`), o.helloTimeoutMs);
+
+      socket.on('open', () => {
+        socket.send(JSON.stringify(deviceHello(o.protocolVersion, o.uplink)));
+      });
+      socket.on('message', (data: Buffer, isBinary: boolean) => {
+        if (helloDone) {
+          subscriber.next(isBinary ? data : data.toString('utf8'));
+          return;
+        }
+        const text = isBinary ? '' : data.toString('utf8');
+        const parsed = parseServerJson(text);
+        if (!parsed.ok || !isAcceptableHello(parsed.message)) {
+          fail('bad_hello', `the upstream's first message is not an acceptable hello: ${text.slice(0, 120) || '<binary>'}`);
+          return;
+        }
+        helloDone = true;
+        clearTimeout(helloTimer);
+        this.serverSessionId = parsed.message.sessionId;
+        this.socket = socket;
+        subscriber.next(text);
+      });
+      socket.on('error', (error: Error) => {
+        fail(helloDone ? 'socket' : 'connect', error.message);
+      });
+      socket.on('close', (code: number, reason: Buffer) => {
+        fail(helloDone ? 'closed' : 'connect', `upstream closed (${code}${reason.length > 0 ? ` ${reason.toString('utf8')}` : ''})`);
+      });
+
+      return () => {
+        clearTimeout(helloTimer);
+        if (this.socket === socket) this.socket = undefined;
+        socket.removeAllListeners();
+        // ws reports errors after close too; without a listener they would be thrown.
+        socket.on('error', () => {});
+        if (socket.readyState === WebSocket.OPEN) socket.close(1000);
+        else socket.terminate();
+      };
+    });
+  }
+
+  /** Sends a control message once the hello is done. False when there is no open session. */
+  send(message: Outgoing): boolean {
+    const socket = this.socket;
+    if (socket === undefined || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(JSON.stringify({ ...message, session_id: this.serverSessionId }));
+    return true;
+  }
+
+  /** Sends one Opus packet, framed for the protocol version. */
+  sendAudio(packet: Buffer): boolean {
+    const socket = this.socket;
+    if (socket === undefined || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(encodeBinary(this.options.protocolVersion, packet));
+    return true;
+  }
+}
