@@ -1,0 +1,27 @@
+// Runs the simulator on its own: node --import tsx src/sim/main.ts (SIM_HOST, SIM_PORT).
+import { createLogger } from '../observability/log.ts';
+import { startSimulator } from './simulator.ts';
+
+const log = createLogger();
+const host = process.env.SIM_HOST ?? '127.0.0.1';
+const port = Number(process.env.SIM_PORT ?? 8000);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  log.fatal({ SIM_PORT: process.env.SIM_PORT }, 'SIM_PORT must be a port number');
+  process.exit(1);
+}
+
+const sim = await startSimulator({ host, port, logger: log });
+log.info({ url: sim.url }, 'xiaozhi simulator listening');
+
+const stop = (signal: NodeJS.Signals): void => {
+  log.info({ signal }, 'closing simulator');
+  sim.close().then(
+    () => process.exit(0),
+    (err: unknown) => {
+      log.error({ err }, 'simulator did not close cleanly');
+      process.exit(1);
+    },
+  );
+};
+process.once('SIGINT', stop);
+process.once('SIGTERM', stop);

@@ -1,0 +1,289 @@
+// A xiaozhi server (../../shared/XIAOZHI.md) for the gateway to talk to: the embedded default upstream,
+// the peer of integration tests and of load tests. It behaves like xiaozhi-esp32-server where that
+// matters to the gateway: the hello, the message order of a reply, how speech is paced, abort.
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { decodeBinary, encodeBinary, parseDeviceJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
+import { silentLogger, type Logger } from '../observability/log.ts';
+import { loadSpeech, type Speech } from './speech.ts';
+
+export interface SimulatorOptions {
+  host?: string;
+  port?: number;
+  logger?: Logger;
+  speech?: Speech;
+  /** 'xiaozhi': per sentence 5 frames at once, then real time. 'burst': each sentence at once. */
+  pacing?: 'xiaozhi' | 'burst';
+  /** How long after the last frame `tts stop` follows. */
+  stopDelayMs?: number;
+  /** false: never answer the hello. */
+  answerHello?: boolean;
+  /** Frames of a reply (counted from 0 over all its sentences) sent as a packet libopus refuses. */
+  corruptFrames?: number[];
+}
+
+export interface SimSession {
+  readonly id: string;
+  readonly headers: Record<string, string>;
+  readonly protocolVersion: ProtocolVersion;
+  /** What the device sent, in order; audio unwrapped from v2/v3 framing. */
+  readonly received: { json: Record<string, unknown>[]; audio: Buffer[] };
+  /** Replies begun (each one starts with its `stt`). */
+  readonly repliesSent: number;
+  close(code?: number): void;
+}
+
+export interface Simulator {
+  readonly url: string;
+  readonly port: number;
+  /** Every session ever accepted, in order. */
+  readonly sessions: readonly SimSession[];
+  replyFrames(): number;
+  close(): Promise<void>;
+  on(event: 'session', fn: (s: SimSession) => void): void;
+}
+
+/**
+ * A well-formed TOC (hybrid fullband 20 ms, code 3: three CBR frames, 60 ms like the fixture's packets)
+ * whose 4 payload bytes cannot split into 3 equal frames, so opus_decode answers OPUS_INVALID_PACKET.
+ */
+export const CORRUPT_PACKET: Buffer = Buffer.from([0x6b, 0x03, 0x00, 0x00, 0x00, 0x00]);
+
+/** xiaozhi-esp32-server sends this many frames of a sentence at once, then one per frame duration. */
+const PREBUFFER_FRAMES = 5;
+/** Node timers run on a millisecond clock and may fire a fraction of a millisecond before their due time. */
+const TIMER_SLACK_MS = 1;
+/** What the simulated ASR "hears" after `listen stop`: the simulator does not recognise speech. */
+const HEARD_PHRASE = 'Can we practise English?';
+const CLOSE_GRACE_MS = 1000;
+
+type Sentence = { text: string; packets: Buffer[] };
+
+/** How one session behaves: everything a later per-session mode (echo, faults) would choose. */
+interface Behaviour {
+  answerHello: boolean;
+  pacing: 'xiaozhi' | 'burst';
+  stopDelayMs: number;
+  sampleRate: number;
+  frameMs: number;
+  reply: Sentence[];
+}
+
+export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
+  const host = options.host ?? '127.0.0.1';
+  const log = options.logger ?? silentLogger;
+  const speech = options.speech ?? loadSpeech();
+  const behaviour: Behaviour = {
+    answerHello: options.answerHello ?? true,
+    pacing: options.pacing ?? 'xiaozhi',
+    stopDelayMs: options.stopDelayMs ?? 420,
+    sampleRate: speech.sampleRate,
+    frameMs: speech.frameMs,
+    reply: corrupt(speech.sentences, new Set(options.corruptFrames ?? [])),
+  };
+  const sessions: Session[] = [];
+  const listeners: ((s: SimSession) => void)[] = [];
+
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
+  const http = createServer((req, res) => {
+    res.writeHead(isXiaozhiPath(req) ? 426 : 404).end();
+  });
+  http.on('upgrade', (req, socket, head) => {
+    if (!isXiaozhiPath(req)) {
+      // Past the upgrade the HTTP server no longer listens for this socket's errors.
+      socket.on('error', (err) => log.debug({ err }, 'rejected upgrade'));
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      const session = new Session(ws, req, behaviour, log);
+      sessions.push(session);
+      for (const fn of listeners) fn(session);
+    });
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    http.once('error', reject);
+    http.listen(options.port ?? 0, host, () => {
+      http.off('error', reject);
+      resolve();
+    });
+  });
+  const address = http.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${port}/xiaozhi/v1/`;
+  log.debug({ url }, 'simulator listening');
+
+  return {
+    url,
+    port,
+    sessions,
+    replyFrames: () => behaviour.reply.reduce((n, s) => n + s.packets.length, 0),
+    on: (_event, fn) => void listeners.push(fn),
+    close: async () => {
+      await Promise.all(sessions.map((s) => s.shutdown()));
+      wss.close();
+      await new Promise<void>((resolve) => {
+        http.close(() => resolve());
+        http.closeAllConnections();
+      });
+    },
+  };
+}
+
+function isXiaozhiPath(req: IncomingMessage): boolean {
+  const path = (req.url ?? '').split('?')[0];
+  return path === '/xiaozhi/v1/' || path === '/xiaozhi/v1';
+}
+
+function corrupt(sentences: Sentence[], frames: Set<number>): Sentence[] {
+  let n = 0;
+  return sentences.map((s) => ({ text: s.text, packets: s.packets.map((p) => (frames.has(n++) ? CORRUPT_PACKET : p)) }));
+}
+
+class Session implements SimSession {
+  readonly id = randomUUID();
+  readonly headers: Record<string, string> = {};
+  readonly protocolVersion: ProtocolVersion;
+  readonly received: { json: Record<string, unknown>[]; audio: Buffer[] } = { json: [], audio: [] };
+  repliesSent = 0;
+  private readonly log: Logger;
+  /** True from a reply's `stt` until its `tts stop`: the real server's "speaking" state. */
+  private replying = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly ws: WebSocket,
+    req: IncomingMessage,
+    private readonly behaviour: Behaviour,
+    log: Logger,
+  ) {
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined) this.headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    const version = Number(this.headers['protocol-version'] ?? 1);
+    this.protocolVersion = version === 2 || version === 3 ? version : 1;
+    this.log = log.child({ simSession: this.id });
+    ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('close', () => this.cancelTimer());
+    // The peer may vanish at any moment: that ends this session, never the simulator.
+    ws.on('error', (err) => this.log.debug({ err }, 'socket error'));
+  }
+
+  close(code?: number): void {
+    this.cancelTimer();
+    this.ws.close(code);
+  }
+
+  /** Closes politely, but does not let a peer that never answers the close hold the simulator open. */
+  shutdown(): Promise<void> {
+    this.cancelTimer();
+    if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
+    return new Promise((resolve) => {
+      const force = setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
+      this.ws.once('close', () => {
+        clearTimeout(force);
+        resolve();
+      });
+      this.ws.close(1001);
+    });
+  }
+
+  private onMessage(data: RawData, isBinary: boolean): void {
+    const bytes = data as Buffer; // binaryType is the default, 'nodebuffer'
+    if (!isBinary) return this.onText(bytes.toString('utf8'));
+    const frame = decodeBinary(this.protocolVersion, bytes);
+    if (!frame.ok) return void this.log.debug({ detail: frame.detail }, 'bad binary frame');
+    if (frame.kind === 'json') return this.onText(frame.payload.toString('utf8'));
+    this.received.audio.push(frame.payload);
+  }
+
+  private onText(text: string): void {
+    const parsed = parseDeviceJson(text);
+    if (!parsed.ok) return void this.log.debug({ detail: parsed.detail }, 'bad device message');
+    const m = parsed.message;
+    this.received.json.push(m);
+    if (m.type === 'hello') {
+      if (this.behaviour.answerHello) this.answerHello();
+    } else if (m.type === 'listen' && (m.state === 'stop' || m.state === 'detect')) {
+      this.reply(m.state === 'detect' && typeof m.text === 'string' ? m.text : HEARD_PHRASE);
+    } else if (m.type === 'abort') {
+      this.abort();
+    } else if (m.type !== 'listen' && m.type !== 'mcp') {
+      this.log.debug({ type: m.type }, 'unknown device message');
+    }
+  }
+
+  private answerHello(): void {
+    this.sendJson({
+      type: 'hello',
+      version: 1,
+      transport: 'websocket',
+      session_id: this.id,
+      audio_params: { format: 'opus', sample_rate: this.behaviour.sampleRate, channels: 1, frame_duration: this.behaviour.frameMs },
+    });
+  }
+
+  private reply(heard: string): void {
+    if (this.replying) this.abort();
+    this.replying = true;
+    this.repliesSent++;
+    this.sendJson({ type: 'stt', text: heard, session_id: this.id });
+    this.sendJson({ type: 'llm', text: '😊', emotion: 'happy', session_id: this.id });
+    this.sendJson({ type: 'tts', state: 'start', session_id: this.id });
+    this.playSentence(0);
+  }
+
+  private playSentence(index: number): void {
+    const sentence = this.behaviour.reply[index];
+    if (sentence === undefined) {
+      this.timer = setTimeout(() => this.stop(), this.behaviour.stopDelayMs);
+      return;
+    }
+    this.sendJson({ type: 'tts', state: 'sentence_start', text: sentence.text, session_id: this.id });
+    const start = performance.now();
+    let next = 0;
+    const sendDue = (): void => {
+      this.timer = undefined;
+      while (next < sentence.packets.length) {
+        // Five frames at once, then one per frame duration against the clock, so that delays never add up.
+        const due = this.behaviour.pacing === 'burst' ? 0 : start + Math.max(0, next - PREBUFFER_FRAMES + 1) * this.behaviour.frameMs;
+        const wait = due - performance.now();
+        if (wait > TIMER_SLACK_MS) {
+          this.timer = setTimeout(sendDue, wait);
+          return;
+        }
+        this.sendAudio(sentence.packets[next++]!);
+      }
+      // The next sentence starts on a fresh turn of the event loop, so that an abort can land between sentences.
+      this.timer = setTimeout(() => this.playSentence(index + 1), 0);
+    };
+    sendDue();
+  }
+
+  private abort(): void {
+    this.cancelTimer();
+    this.stop();
+  }
+
+  private stop(): void {
+    this.timer = undefined;
+    this.replying = false;
+    this.sendJson({ type: 'tts', state: 'stop', session_id: this.id });
+  }
+
+  private cancelTimer(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private sendJson(message: Record<string, unknown>): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  private sendAudio(packet: Buffer): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(encodeBinary(this.protocolVersion, packet));
+  }
+}

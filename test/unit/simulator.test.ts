@@ -1,0 +1,287 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import opus from '@discordjs/opus';
+import { WebSocket } from 'ws';
+import { decodeBinary, encodeBinary } from '../../src/protocol/xiaozhi.ts';
+import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
+import { CORRUPT_PACKET, startSimulator, type Simulator, type SimulatorOptions } from '../../src/sim/simulator.ts';
+
+type Json = Record<string, unknown>;
+type Event = { json: Json } | { audio: Buffer };
+
+/** A device that records everything the simulator sends, in order, and lets a test wait for any of it. */
+class Device {
+  readonly events: Event[] = [];
+  private waiters: { test: () => boolean; resolve: () => void }[] = [];
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (data, isBinary) => {
+      this.events.push(isBinary ? { audio: data as Buffer } : { json: JSON.parse(data.toString()) as Json });
+      this.waiters = this.waiters.filter((w) => !(w.test() && (w.resolve(), true)));
+    });
+  }
+
+  static connect(url: string, headers: Record<string, string> = {}): Promise<Device> {
+    const ws = new WebSocket(url, { headers, perMessageDeflate: false });
+    return new Promise((resolve, reject) => {
+      ws.once('open', () => resolve(new Device(ws)));
+      ws.once('error', reject);
+    });
+  }
+
+  send(message: Json): void {
+    this.ws.send(JSON.stringify(message));
+  }
+
+  hello(): void {
+    this.send({ type: 'hello', version: 1, features: { mcp: true }, transport: 'websocket', audio_params: { format: 'opus', sample_rate: 16000, channels: 1, frame_duration: 60 } });
+  }
+
+  /** Resolves once the events seen so far satisfy `test`. */
+  until(test: (events: Event[]) => boolean): Promise<void> {
+    if (test(this.events)) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ test: () => test(this.events), resolve }));
+  }
+
+  untilJson(type: string, state?: string, count = 1): Promise<void> {
+    return this.until((events) => events.filter((e) => isJson(e, type, state)).length >= count);
+  }
+}
+
+const isJson = (e: Event, type: string, state?: string): e is { json: Json } =>
+  'json' in e && e.json.type === type && (state === undefined || e.json.state === state);
+const audioOf = (events: Event[]): Buffer[] => events.flatMap((e) => ('audio' in e ? [e.audio] : []));
+const shape = (events: Event[]): string[] =>
+  events.map((e) => ('audio' in e ? 'audio' : [e.json.type, e.json.state].filter(Boolean).join(' ')));
+
+/** The expected shape of one whole reply, from `stt` to `tts stop`. */
+function replyShape(speech: Speech): string[] {
+  return ['stt', 'llm', 'tts start', ...speech.sentences.flatMap((s) => ['tts sentence_start', ...s.packets.map(() => 'audio')]), 'tts stop'];
+}
+
+const speech = loadSpeech();
+/** The fixture cut to 8 frames a sentence: real-time pacing of it takes about 0.4 s. */
+const shortSpeech: Speech = { ...speech, sentences: speech.sentences.map((s) => ({ text: s.text, packets: s.packets.slice(0, 8) })) };
+
+const sims: Simulator[] = [];
+async function simulator(options: SimulatorOptions = {}): Promise<Simulator> {
+  const sim = await startSimulator({ pacing: 'burst', stopDelayMs: 5, ...options });
+  sims.push(sim);
+  return sim;
+}
+afterEach(async () => {
+  await Promise.all(sims.splice(0).map((s) => s.close()));
+});
+
+describe('xiaozhi simulator', () => {
+  it('answers the device hello with a websocket hello carrying its session id and 24 kHz 60 ms Opus', async () => {
+    const sim = await simulator();
+    const device = await Device.connect(sim.url, { 'Protocol-Version': '1', 'Device-Id': 'aa:bb:cc:dd:ee:ff', Authorization: 'Bearer t' });
+    device.hello();
+    await device.untilJson('hello');
+
+    const session = sim.sessions[0]!;
+    expect(device.events).toEqual([
+      {
+        json: {
+          type: 'hello',
+          version: 1,
+          transport: 'websocket',
+          session_id: session.id,
+          audio_params: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 },
+        },
+      },
+    ]);
+    expect(session.headers['device-id']).toBe('aa:bb:cc:dd:ee:ff');
+    expect(session.headers.authorization).toBe('Bearer t');
+    expect(session.protocolVersion).toBe(1);
+    expect(session.received.json.map((m) => m.type)).toEqual(['hello']);
+  });
+
+  it('replies to listen detect with stt, llm, tts start, each sentence after its sentence_start, and tts stop last', async () => {
+    const sim = await simulator();
+    const device = await Device.connect(sim.url);
+    device.hello();
+    await device.untilJson('hello');
+    device.send({ type: 'listen', state: 'detect', text: 'How are you?', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    const reply = device.events.slice(1);
+    expect(shape(reply)).toEqual(replyShape(speech));
+    expect(reply[0]).toEqual({ json: expect.objectContaining({ type: 'stt', text: 'How are you?' }) });
+    expect(reply[1]).toEqual({ json: expect.objectContaining({ type: 'llm', text: '😊', emotion: 'happy' }) });
+    expect(reply.filter((e) => isJson(e, 'tts', 'sentence_start')).map((e) => 'json' in e && e.json.text)).toEqual(
+      speech.sentences.map((s) => s.text),
+    );
+    expect(audioOf(reply)).toEqual(speech.sentences.flatMap((s) => s.packets));
+    expect(sim.replyFrames()).toBe(audioOf(reply).length);
+    expect(sim.sessions[0]!.repliesSent).toBe(1);
+  });
+
+  it('replies to listen stop with a short stt phrase and the same reply', async () => {
+    const sim = await simulator({ speech: shortSpeech });
+    const device = await Device.connect(sim.url);
+    device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+    device.send({ type: 'listen', state: 'stop', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    expect(shape(device.events)).toEqual(replyShape(shortSpeech));
+    expect(device.events[0]).toEqual({ json: expect.objectContaining({ type: 'stt', text: expect.any(String) }) });
+  });
+
+  it('paces speech in real time, five frames of each sentence ahead', async () => {
+    const sim = await simulator({ speech: shortSpeech, pacing: 'xiaozhi' });
+    const device = await Device.connect(sim.url);
+    const arrivals: number[] = [];
+    device.ws.on('message', (_data, isBinary) => void (isBinary && arrivals.push(performance.now())));
+    const asked = performance.now();
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    expect(shape(device.events)).toEqual(replyShape(shortSpeech));
+    // 8 frames a sentence: frames 0-5 leave together, 6 and 7 at 60 and 120 ms; the next sentence follows at once.
+    expect(arrivals[5]! - arrivals[0]!).toBeLessThan(60);
+    expect(arrivals[7]! - asked).toBeGreaterThanOrEqual(119);
+    expect(arrivals[23]! - asked).toBeGreaterThanOrEqual(3 * 119);
+  });
+
+  it('stops the audio at once and sends tts stop when the device aborts mid-reply', async () => {
+    const sim = await simulator({ speech: shortSpeech, pacing: 'xiaozhi' });
+    const device = await Device.connect(sim.url);
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.until((events) => audioOf(events).length > 0);
+    device.send({ type: 'abort', reason: 'wake_word_detected', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    const stopAt = device.events.findIndex((e) => isJson(e, 'tts', 'stop'));
+    expect(audioOf(device.events).length).toBeLessThan(sim.replyFrames());
+    // A following reply arrives whole and alone: no frame of the aborted one leaks after its tts stop.
+    device.send({ type: 'listen', state: 'detect', text: 'again', session_id: '' });
+    await device.untilJson('tts', 'stop', 2);
+    expect(shape(device.events.slice(stopAt + 1))).toEqual(replyShape(shortSpeech));
+    expect(sim.sessions[0]!.repliesSent).toBe(2);
+  });
+
+  it('aborts the reply in progress when a new listen detect arrives', async () => {
+    const sim = await simulator({ speech: shortSpeech, pacing: 'xiaozhi' });
+    const device = await Device.connect(sim.url);
+    device.send({ type: 'listen', state: 'detect', text: 'one', session_id: '' });
+    await device.until((events) => audioOf(events).length > 0);
+    device.send({ type: 'listen', state: 'detect', text: 'two', session_id: '' });
+    await device.untilJson('tts', 'stop', 2);
+
+    const stopAt = device.events.findIndex((e) => isJson(e, 'tts', 'stop'));
+    expect(shape(device.events.slice(stopAt + 1))).toEqual(replyShape(shortSpeech));
+    expect(device.events[stopAt + 1]).toEqual({ json: expect.objectContaining({ type: 'stt', text: 'two' }) });
+  });
+
+  it('frames audio both ways with the v3 header when the device asks for Protocol-Version 3', async () => {
+    const sim = await simulator({ speech: shortSpeech });
+    const device = await Device.connect(sim.url, { 'Protocol-Version': '3' });
+    const uplink = speech.sentences[0]!.packets[0]!;
+    device.ws.send(encodeBinary(3, uplink));
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    const frames = audioOf(device.events);
+    expect(frames.map((f) => f.readUInt16BE(2))).toEqual(frames.map((f) => f.length - 4));
+    expect(frames.map((f) => decodeBinary(3, f))).toEqual(
+      shortSpeech.sentences.flatMap((s) => s.packets).map((p) => ({ ok: true, kind: 'opus', payload: p, timestamp: 0 })),
+    );
+    const session = sim.sessions[0]!;
+    expect(session.protocolVersion).toBe(3);
+    expect(session.received.audio).toEqual([uplink]);
+  });
+
+  it('replaces the chosen frames of a reply with packets libopus refuses to decode', async () => {
+    const sim = await simulator({ corruptFrames: [0, 50] });
+    const device = await Device.connect(sim.url);
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    const decoder = new opus.OpusEncoder(24000, 1);
+    const failed = audioOf(device.events).flatMap((packet, i) => {
+      try {
+        decoder.decode(packet);
+        return [];
+      } catch {
+        return [i];
+      }
+    });
+    expect(failed).toEqual([0, 50]);
+    expect(audioOf(device.events)[50]).toEqual(CORRUPT_PACKET);
+    expect(audioOf(device.events)).toHaveLength(sim.replyFrames());
+  });
+
+  it('never answers the hello when answerHello is false', async () => {
+    const sim = await simulator({ answerHello: false, speech: shortSpeech });
+    const device = await Device.connect(sim.url);
+    device.hello();
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.untilJson('tts', 'stop');
+
+    // Messages are handled in order, so a hello answer would have come before the stt.
+    expect(device.events.some((e) => isJson(e, 'hello'))).toBe(false);
+    expect(sim.sessions[0]!.received.json.map((m) => m.type)).toEqual(['hello', 'listen']);
+  });
+
+  it('shrugs off malformed and unknown messages without disturbing the session or others', async () => {
+    const sim = await simulator({ speech: shortSpeech });
+    const [bad, good] = await Promise.all([Device.connect(sim.url, { 'Protocol-Version': '2' }), Device.connect(sim.url)]);
+    bad.ws.send('not json');
+    bad.ws.send('[1,2]');
+    bad.ws.send(Buffer.from([1, 2, 3]));
+    bad.send({ type: 'listen' });
+    bad.send({ type: 'iot', states: [] });
+    bad.send({ type: 'listen', state: 'detect', text: 'still there?', session_id: '' });
+    good.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await Promise.all([bad.untilJson('tts', 'stop'), good.untilJson('tts', 'stop')]);
+
+    expect(shape(good.events)).toEqual(replyShape(shortSpeech));
+    expect(shape(bad.events)).toEqual(replyShape(shortSpeech));
+    expect(sim.sessions.find((s) => s.protocolVersion === 2)!.received.json.map((m) => m.type)).toEqual(['listen', 'iot', 'listen']);
+  });
+
+  it('serves /xiaozhi/v1 with or without the trailing slash and answers 404 elsewhere', async () => {
+    const sim = await simulator();
+    const base = `ws://127.0.0.1:${sim.port}`;
+    const bare = await Device.connect(`${base}/xiaozhi/v1`);
+    bare.ws.close();
+    const status = await new Promise<number | undefined>((resolve) => {
+      const ws = new WebSocket(`${base}/other/`);
+      ws.on('unexpected-response', (_req, res) => {
+        resolve(res.statusCode);
+        ws.terminate();
+      });
+      ws.on('error', () => resolve(undefined));
+    });
+    expect(status).toBe(404);
+    expect(sim.url).toBe(`${base}/xiaozhi/v1/`);
+  });
+
+  it('closes every connection mid-reply and leaves no timer behind', async () => {
+    const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const before = timers();
+    const sim = await startSimulator({ pacing: 'xiaozhi' });
+    const device = await Device.connect(sim.url);
+    const closed = new Promise<number>((resolve) => device.ws.once('close', (code) => resolve(code)));
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.until((events) => audioOf(events).length > 0);
+    await sim.close();
+
+    expect(await closed).toBe(1001);
+    expect(timers()).toBeLessThanOrEqual(before);
+  });
+
+  it('survives a device that vanishes mid-reply', async () => {
+    const sim = await simulator({ speech: shortSpeech, pacing: 'xiaozhi' });
+    const device = await Device.connect(sim.url);
+    device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await device.until((events) => audioOf(events).length > 0);
+    device.ws.terminate();
+
+    const other = await Device.connect(sim.url);
+    other.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await other.untilJson('tts', 'stop');
+    expect(shape(other.events)).toEqual(replyShape(shortSpeech));
+  });
+});
