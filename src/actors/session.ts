@@ -15,8 +15,9 @@ import {
   type ServerMessage,
   type SessionState,
 } from '../protocol/client.ts';
-import type { ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
+import { opusPacketDurationMs, type ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
 import { decodeOpus } from '../streams/decode-opus.ts';
+import { encodeOpus, FLUSH, type UplinkPcm } from '../streams/encode-opus.ts';
 import type { UpstreamEvent } from '../streams/events.ts';
 import { parse } from '../streams/parse.ts';
 import { toClient, type Outbound } from '../streams/to-client.ts';
@@ -52,8 +53,10 @@ export interface SessionDeps {
   onEnded: (session: Session, outcome: SessionOutcome) => void;
 }
 
-/** XIAOZHI.md: the firmware's uplink, which is what servers expect. */
-const UPSTREAM_UPLINK = { sampleRate: 16000, frameMs: 60 };
+/** XIAOZHI.md: servers expect the firmware's 16 kHz uplink; the packets' frame length is the client's. */
+const UPSTREAM_UPLINK_RATE = 16000;
+/** The largest 60 ms Opus packet: three 20 ms frames of 1275 bytes each. */
+const MAX_OPUS_PACKET_BYTES = 3 * 1275;
 /** XIAOZHI.md: what servers speak when their hello does not say. */
 const UPSTREAM_DEFAULT_RATE = 24000;
 
@@ -78,12 +81,15 @@ export class Session extends Actor<SessionMessage> {
   private downlink: Subscription | undefined;
   private sink: SocketSink | undefined;
   private readonly outbound = new Subject<Outbound>();
+  /** pcm16 uplink only: the client's PCM on its way to the session's encoder. */
+  private uplink: Subject<UplinkPcm> | undefined;
   private helloTimer: NodeJS.Timeout | undefined;
   private connectStartedAt = 0;
   /** After an abort, the rest of that reply's audio still in flight from the upstream is discarded. */
   private discarding = false;
   private readonly upstreamFrames;
   private readonly abortedFrames;
+  private readonly uplinkFrames;
 
   constructor(
     private readonly socket: SessionSocket,
@@ -95,6 +101,7 @@ export class Session extends Actor<SessionMessage> {
     this.log = deps.logger.child({ sessionId: id });
     this.upstreamFrames = deps.metrics.upstreamFrames;
     this.abortedFrames = deps.metrics.framesDropped.labels('aborted');
+    this.uplinkFrames = deps.metrics.uplinkFrames;
     this.helloTimer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
   }
 
@@ -167,9 +174,12 @@ export class Session extends Actor<SessionMessage> {
     switch (message.type) {
       case 'listen':
         if (message.state === 'start') {
+          // Barge-in: speaking over the reply ends it first, as the xiaozhi firmware does.
+          if (this.state === 'speaking') this.abortReply();
           upstream.send({ type: 'listen', state: 'start', mode: message.mode });
           this.setState('listening');
         } else {
+          this.uplink?.next(FLUSH);
           upstream.send({ type: 'listen', state: 'stop' });
           this.inputEnded();
         }
@@ -179,9 +189,7 @@ export class Session extends Actor<SessionMessage> {
         this.inputEnded();
         return;
       case 'abort':
-        upstream.send({ type: 'abort', reason: 'client_abort' });
-        this.discarding = true;
-        this.sink!.dropAudio('aborted');
+        this.abortReply();
         this.setState('ready');
         return;
       case 'mcp':
@@ -193,12 +201,35 @@ export class Session extends Actor<SessionMessage> {
     }
   }
 
+  /** Ends the current reply: the upstream stops, and not one more of its frames reaches the client. */
+  private abortReply(): void {
+    this.upstream!.send({ type: 'abort', reason: 'client_abort' });
+    this.discarding = true;
+    this.sink!.dropAudio('aborted');
+  }
+
   private onClientAudio(data: Buffer): void {
     if (this.phase !== 'open') {
       this.sendError('hello_required', 'audio before the session is ready is dropped');
       return;
     }
-    if (this.hello!.uplink.codec === 'opus' && this.upstream!.sendAudio(data)) this.deps.metrics.uplinkFrames.inc();
+    if (this.uplink !== undefined) {
+      if (data.length % 2 !== 0) {
+        this.sendError('bad_audio', `pcm16 frames hold whole 16-bit samples: ${data.length} bytes is odd`);
+        return;
+      }
+      this.uplink.next(data);
+      return;
+    }
+    if (data.length === 0 || data.length > MAX_OPUS_PACKET_BYTES || opusPacketDurationMs(data) === 0) {
+      this.sendError('bad_audio', `not an Opus packet: ${data.length} bytes (at most ${MAX_OPUS_PACKET_BYTES})`);
+      return;
+    }
+    this.sendUplink(data);
+  }
+
+  private sendUplink(packet: Buffer): void {
+    if (this.upstream!.sendAudio(packet)) this.uplinkFrames.inc();
   }
 
   private inputEnded(): void {
@@ -222,8 +253,12 @@ export class Session extends Actor<SessionMessage> {
       protocolVersion: config.upstream.protocolVersion,
       helloTimeoutMs: config.upstream.helloTimeoutMs,
       maxMessageBytes: config.upstream.maxMessageBytes,
-      uplink: UPSTREAM_UPLINK,
+      uplink: { sampleRate: UPSTREAM_UPLINK_RATE, frameMs: hello.uplink.frameMs },
     });
+    if (hello.uplink.codec === 'pcm16') {
+      this.uplink = new Subject<UplinkPcm>();
+      this.uplink.pipe(encodeOpus(hello.uplink.sampleRate, hello.uplink.frameMs)).subscribe((packet) => this.sendUplink(packet));
+    }
     const downlink = hello.downlink;
     this.connectStartedAt = performance.now();
     this.sink = new SocketSink(
@@ -260,6 +295,8 @@ export class Session extends Actor<SessionMessage> {
         return;
       case 'stt':
         this.emit({ type: 'user_text', text: message.text });
+        // In auto and realtime modes the server's VAD ends the utterance, not the client.
+        if (this.state === 'listening') this.inputEnded();
         return;
       case 'llm':
         this.emit({ type: 'emotion', emotion: message.emotion, emoji: message.text });
@@ -270,8 +307,10 @@ export class Session extends Actor<SessionMessage> {
           this.setState('speaking');
         } else if (message.state === 'sentence_start') {
           if (!this.discarding) this.emit({ type: 'assistant_text', text: message.text });
-        } else {
+        } else if (this.discarding) {
+          // The aborted reply's end: the session has moved on already (ready, or listening on barge-in).
           this.discarding = false;
+        } else {
           this.setState('ready');
         }
         return;
@@ -346,6 +385,7 @@ export class Session extends Actor<SessionMessage> {
     this.phase = 'closed';
     clearTimeout(this.helloTimer);
     this.downlink?.unsubscribe();
+    this.uplink?.complete();
     this.outbound.complete();
     this.sink?.close();
     this.log.info({ outcome }, 'session ended');

@@ -1,9 +1,10 @@
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import opus from '@discordjs/opus';
 import wavefile from 'wavefile';
 import WebSocket from 'ws';
 
-const USAGE = `usage: npm run client -- --text "hello" [--out reply.wav] [options]
+const USAGE = `usage: npm run client -- (--text "hello" | --wav input.wav) [--out reply.wav] [options]
 
 Talks to a voicegw gateway: sends one utterance, records the spoken reply to a WAV file
 and prints what arrived.
@@ -11,6 +12,9 @@ and prints what arrived.
   --url URL        gateway endpoint (default ws://127.0.0.1:8080/v1/voice)
   --token TOKEN    client token, when the gateway requires one
   --text TEXT      what to say, as typed text
+  --wav FILE       what to say, as speech: a mono 16-bit WAV at 8, 12, 16, 24 or 48 kHz,
+                   sent as microphone audio at real-time pace
+  --uplink CODEC   how --wav is sent: pcm16 (the gateway encodes) or opus (default pcm16)
   --out FILE       WAV file for the reply (default reply.wav)
   --rate HZ        downlink sample rate: 8000, 12000, 16000, 24000, 48000 (default 24000)
   --timeout S      give up after this many seconds (default 60)`;
@@ -29,17 +33,21 @@ async function main(): Promise<void> {
       url: { type: 'string', default: 'ws://127.0.0.1:8080/v1/voice' },
       token: { type: 'string' },
       text: { type: 'string' },
+      wav: { type: 'string' },
+      uplink: { type: 'string', default: 'pcm16' },
       out: { type: 'string', default: 'reply.wav' },
       rate: { type: 'string', default: '24000' },
       timeout: { type: 'string', default: '60' },
       help: { type: 'boolean', short: 'h' },
     },
   });
-  if (values.help || values.text === undefined) {
+  if (values.help || (values.text === undefined) === (values.wav === undefined)) {
     process.stdout.write(`${USAGE}\n`);
     process.exit(values.help ? 0 : 2);
   }
+  if (values.uplink !== 'pcm16' && values.uplink !== 'opus') throw new Error('--uplink is pcm16 or opus');
   const rate = Number(values.rate);
+  const speech = values.wav === undefined ? undefined : readSpeech(values.wav, values.uplink);
   const headers = values.token === undefined ? undefined : { Authorization: `Bearer ${values.token}` };
   const ws = new WebSocket(values.url, { headers, perMessageDeflate: false });
   const pcm: Buffer[] = [];
@@ -48,7 +56,10 @@ async function main(): Promise<void> {
 
   const done = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no complete reply within ${values.timeout} s`)), Number(values.timeout) * 1000);
-    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', downlink: { codec: 'pcm16', sampleRate: rate, transport: 'binary' } })));
+    ws.on('open', () => {
+      const uplink = speech === undefined ? undefined : { codec: speech.codec, sampleRate: speech.sampleRate, frameMs: FRAME_MS };
+      ws.send(JSON.stringify({ type: 'hello', downlink: { codec: 'pcm16', sampleRate: rate, transport: 'binary' }, uplink }));
+    });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       if (isBinary) {
         report.firstAudioMs ??= performance.now() - sentAt;
@@ -62,7 +73,14 @@ async function main(): Promise<void> {
       else if (m.type === 'assistant_text') report.assistantText.push(m.text ?? '');
       else if (m.type === 'error') process.stderr.write(`gateway error ${m.code}: ${m.message}\n`);
       else if (m.type === 'state' && m.state === 'ready') {
-        if (sentAt === 0) {
+        if (sentAt === 0 && speech !== undefined) {
+          sentAt = -1;
+          ws.send(JSON.stringify({ type: 'listen', state: 'start', mode: 'manual' }));
+          speak(ws, speech.frames).then(() => {
+            sentAt = performance.now();
+            ws.send(JSON.stringify({ type: 'listen', state: 'stop' }));
+          }, reject);
+        } else if (sentAt === 0) {
           sentAt = performance.now();
           ws.send(JSON.stringify({ type: 'text', text: values.text }));
         } else if (report.frames > 0) {
@@ -95,6 +113,41 @@ async function main(): Promise<void> {
   print('audio', `${(report.bytes / 2 / rate).toFixed(2)} s`);
   print('first audio', report.firstAudioMs === undefined ? '-' : `${report.firstAudioMs.toFixed(0)} ms`);
   print('wrote', values.out);
+}
+
+const FRAME_MS = 60;
+const OPUS_RATES = new Set([8000, 12000, 16000, 24000, 48000]);
+
+/** The WAV cut into FRAME_MS frames, as PCM or as Opus packets, ready to send one per frame. */
+function readSpeech(path: string, codec: 'pcm16' | 'opus'): { codec: 'pcm16' | 'opus'; sampleRate: number; frames: Buffer[] } {
+  const wav = new wavefile.WaveFile(readFileSync(path));
+  const fmt = wav.fmt as { numChannels: number; sampleRate: number; bitsPerSample: number };
+  if (fmt.numChannels !== 1 || fmt.bitsPerSample !== 16 || !OPUS_RATES.has(fmt.sampleRate)) {
+    throw new Error(`${path}: need mono 16-bit PCM at 8, 12, 16, 24 or 48 kHz, not ${fmt.numChannels} ch ${fmt.bitsPerSample} bit ${fmt.sampleRate} Hz`);
+  }
+  const samples = wav.getSamples(false, Int16Array) as unknown as Int16Array;
+  const pcm = Buffer.from(samples.buffer, samples.byteOffset, samples.byteLength);
+  const frameBytes = (fmt.sampleRate / 1000) * FRAME_MS * 2;
+  const frames: Buffer[] = [];
+  for (let offset = 0; offset < pcm.length; offset += frameBytes) {
+    const frame = Buffer.alloc(frameBytes);
+    pcm.copy(frame, 0, offset, offset + frameBytes);
+    frames.push(frame);
+  }
+  if (codec === 'pcm16') return { codec, sampleRate: fmt.sampleRate, frames };
+  const encoder = new opus.OpusEncoder(fmt.sampleRate, 1);
+  encoder.setBitrate(24_000);
+  return { codec, sampleRate: fmt.sampleRate, frames: frames.map((f) => encoder.encode(f)) };
+}
+
+/** Sends one frame per FRAME_MS against the clock, as a microphone would. */
+async function speak(ws: WebSocket, frames: Buffer[]): Promise<void> {
+  const start = performance.now();
+  for (let i = 0; i < frames.length; i++) {
+    const wait = start + i * FRAME_MS - performance.now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    ws.send(frames[i]!, { binary: true });
+  }
 }
 
 main().catch((error: unknown) => {

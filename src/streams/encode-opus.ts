@@ -1,0 +1,59 @@
+import opus from '@discordjs/opus';
+import { defer, finalize, mergeMap, type OperatorFunction } from 'rxjs';
+
+/** Marks the end of an utterance: the partial frame held back is padded with silence and sent. */
+export const FLUSH = Symbol('flush');
+
+export type UplinkPcm = Buffer | typeof FLUSH;
+
+const BITRATE = 24_000;
+const NO_PACKETS: readonly Buffer[] = [];
+
+/**
+ * Cuts 16-bit mono PCM chunks of any whole number of samples into `frameMs` frames and encodes each as
+ * one Opus packet at `sampleRate` (an Opus packet decodes at any rate, so the upstream's 16 kHz decoder
+ * takes it as it is). The remainder waits for the next chunk; FLUSH pads it with silence and sends it.
+ * The encoder is the subscriber's own: made on subscribe, released on teardown.
+ *
+ * ```
+ * source (20 ms chunks, 60 ms frames):  --a--b--c--d--FLUSH--|
+ * encodeOpus:                           --------p1-----p2----|
+ * ```
+ */
+export function encodeOpus(sampleRate: number, frameMs: number): OperatorFunction<UplinkPcm, Buffer> {
+  const frameBytes = (sampleRate / 1000) * frameMs * 2;
+  return (source) =>
+    defer(() => {
+      // As with the decoder, the binding frees libopus state when the wrapper is collected.
+      let encoder: opus.OpusEncoder | undefined = new opus.OpusEncoder(sampleRate, 1);
+      encoder.setBitrate(BITRATE);
+      const frame = Buffer.alloc(frameBytes);
+      let filled = 0;
+      return source.pipe(
+        mergeMap((chunk): readonly Buffer[] => {
+          if (encoder === undefined) return NO_PACKETS;
+          if (chunk === FLUSH) {
+            if (filled === 0) return NO_PACKETS;
+            frame.fill(0, filled);
+            filled = 0;
+            return [encoder.encode(frame)];
+          }
+          let packets: Buffer[] | undefined;
+          let offset = 0;
+          while (offset < chunk.length) {
+            const n = chunk.copy(frame, filled, offset, offset + frameBytes - filled);
+            offset += n;
+            filled += n;
+            if (filled === frameBytes) {
+              (packets ??= []).push(encoder.encode(frame));
+              filled = 0;
+            }
+          }
+          return packets ?? NO_PACKETS;
+        }),
+        finalize(() => {
+          encoder = undefined;
+        }),
+      );
+    });
+}
