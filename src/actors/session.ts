@@ -20,7 +20,8 @@ import { decodeOpus } from '../streams/decode-opus.ts';
 import { encodeOpus, FLUSH, type UplinkPcm } from '../streams/encode-opus.ts';
 import type { UpstreamEvent } from '../streams/events.ts';
 import { parse } from '../streams/parse.ts';
-import { toClient, type Outbound } from '../streams/to-client.ts';
+import { pace } from '../streams/pace.ts';
+import { DISCARD, toClient, type Outbound } from '../streams/to-client.ts';
 import { SocketSink, type ClientSocket } from '../transport/socket-sink.ts';
 import { Upstream, UpstreamError, type UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
@@ -205,7 +206,7 @@ export class Session extends Actor<SessionMessage> {
   private abortReply(): void {
     this.upstream!.send({ type: 'abort', reason: 'client_abort' });
     this.discarding = true;
-    this.sink!.dropAudio('aborted');
+    this.outbound.next(DISCARD);
   }
 
   private onClientAudio(data: Buffer): void {
@@ -273,7 +274,8 @@ export class Session extends Actor<SessionMessage> {
       this.deps.metrics,
     );
     const sink = this.sink;
-    this.outbound.pipe(toClient(downlink.transport)).subscribe((frame) => sink.write(frame));
+    const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, (n) => this.abortedFrames.inc(n)) : identity;
+    this.outbound.pipe(paced, toClient(downlink.transport)).subscribe((frame) => sink.write(frame));
     this.downlink = this.upstream.messages$
       .pipe(parse(config.upstream.protocolVersion), downlink.codec === 'pcm16' ? decodeOpus(downlink.sampleRate) : identity)
       .subscribe({

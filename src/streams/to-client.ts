@@ -2,8 +2,13 @@ import { defer, map, type OperatorFunction } from 'rxjs';
 import type { ClientFrame, Downlink, ServerMessage } from '../protocol/client.ts';
 import type { AudioFrame } from './events.ts';
 
-/** What the session actor sends its client, in order: audio frames and protocol messages. */
-export type Outbound = AudioFrame | { readonly kind: 'message'; readonly message: ServerMessage };
+/**
+ * What the session actor sends its client, in order: audio frames, protocol messages, and `discard`
+ * (abort: every stage that holds audio of the current reply drops it at once, then passes it on).
+ */
+export type Outbound = AudioFrame | { readonly kind: 'message'; readonly message: ServerMessage } | typeof DISCARD;
+
+export const DISCARD = { kind: 'discard' } as const;
 
 /**
  * Renders outbound items as socket frames for the negotiated transport. `binary` audio passes as it is
@@ -31,6 +36,6 @@ export function toClient(transport: Downlink['transport']): OperatorFunction<Out
 }
 
 function render(item: Outbound): ClientFrame {
-  if (item.kind === 'audio') return item;
+  if (item.kind === 'audio' || item.kind === 'discard') return item;
   return { kind: item.message.type === 'state' ? 'state' : 'text', data: JSON.stringify(item.message) };
 }

@@ -22,6 +22,8 @@ export interface SinkOptions {
 
 const DROPPED_BY_SOCKET = 2;
 
+type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }>;
+
 /**
  * The one place backpressure lives (RxJS has none). Frames go straight to the socket while its buffered
  * amount is under the high-water mark; above it they wait here, in order, until `drain`. Every audio
@@ -29,7 +31,7 @@ const DROPPED_BY_SOCKET = 2;
  * never touched: uWS throws on that.
  */
 export class SocketSink {
-  private queue: ClientFrame[] = [];
+  private queue: QueuedFrame[] = [];
   private head = 0;
   private queuedAudio = 0;
   private queuedMs = 0;
@@ -62,6 +64,10 @@ export class SocketSink {
   }
 
   write(frame: ClientFrame): void {
+    if (frame.kind === 'discard') {
+      this.dropAudio('aborted');
+      return;
+    }
     if (this.closed) {
       if (frame.kind === 'audio') this.dropped.client_gone.inc();
       return;
@@ -89,7 +95,7 @@ export class SocketSink {
   /** Discards every queued audio frame at once (abort); text stays, in order. Returns how many went. */
   dropAudio(reason: DropReason): number {
     if (this.queuedAudio === 0) return 0;
-    const kept: ClientFrame[] = [];
+    const kept: QueuedFrame[] = [];
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') kept.push(frame);
@@ -130,7 +136,7 @@ export class SocketSink {
     return over;
   }
 
-  private enqueue(frame: ClientFrame): void {
+  private enqueue(frame: QueuedFrame): void {
     if (frame.kind === 'audio') {
       while (this.queuedAudio > 0 && this.queuedMs + frame.durationMs > this.options.queueLimitMs) this.dropOldestAudio();
       this.queuedAudio++;
@@ -164,7 +170,7 @@ export class SocketSink {
     this.head = 0;
   }
 
-  private send(frame: ClientFrame): void {
+  private send(frame: QueuedFrame): void {
     const audio = frame.kind === 'audio';
     let result: number;
     try {

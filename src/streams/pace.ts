@@ -1,0 +1,90 @@
+import { asyncScheduler, Observable, type MonoTypeOperatorFunction, type SchedulerLike, type Subscription } from 'rxjs';
+import type { Outbound } from './to-client.ts';
+
+/**
+ * Releases audio at the audio clock's rate for clients with small fixed buffers. Each reply starts by
+ * holding `prebufferMs` of audio (or less, if the reply ends or the session's state changes first);
+ * then frame n leaves at anchor + the duration of the frames before it, against the scheduler's
+ * monotonic clock, so timer lateness never adds up. A frame that arrives after its due time by more
+ * than a frame's length is an underrun: the clock re-anchors on it instead of bursting to catch up.
+ * Messages keep their place between frames. A `discard` (abort) drops every held frame at once and
+ * tells `onDiscarded` how many; it then passes on, so that the stages after this one drop theirs.
+ *
+ * ```
+ * prebuffer 120 ms, 60 ms frames, frames arriving at once:
+ * source:  (s a b c d)-------------|
+ * pace:    (s a)-b-----c-----d-----|     (s: state speaking; one dash = 10 ms)
+ * ```
+ */
+export function pace(prebufferMs: number, onDiscarded: (frames: number) => void, scheduler: SchedulerLike = asyncScheduler): MonoTypeOperatorFunction<Outbound> {
+  return (source) =>
+    new Observable<Outbound>((subscriber) => {
+      let queue: Outbound[] = [];
+      let buffering = prebufferMs > 0;
+      let anchor = -1;
+      let timer: Subscription | undefined;
+      let ended = false;
+
+      // Held audio may start once the prebuffer is full, or once nothing more of this reply can come.
+      const prebuffered = (): boolean => {
+        if (ended) return true;
+        let ms = 0;
+        for (const item of queue) {
+          if (item.kind === 'audio') ms += item.durationMs;
+          else if (item.kind === 'message' && item.message.type === 'state') return true;
+          if (ms >= prebufferMs) return true;
+        }
+        return false;
+      };
+
+      const release = (): void => {
+        timer = undefined;
+        while (queue.length > 0) {
+          const item = queue[0]!;
+          if (item.kind === 'audio') {
+            if (buffering) {
+              if (!prebuffered()) return;
+              buffering = false;
+              anchor = -1;
+            }
+            const now = scheduler.now();
+            if (anchor < 0 || now - anchor > item.durationMs) anchor = now;
+            if (anchor > now) {
+              timer = scheduler.schedule(release, anchor - now);
+              return;
+            }
+            anchor += item.durationMs;
+          }
+          queue.shift();
+          // A state message ends one reply and opens the next: prebuffer again.
+          if (item.kind === 'message' && item.message.type === 'state') buffering = prebufferMs > 0;
+          subscriber.next(item);
+        }
+        if (ended) subscriber.complete();
+      };
+
+      const subscription = source.subscribe({
+        next: (item) => {
+          if (item.kind === 'discard') {
+            const held = queue.reduce((n, q) => (q.kind === 'audio' ? n + 1 : n), 0);
+            queue = queue.filter((q) => q.kind !== 'audio');
+            if (held > 0) onDiscarded(held);
+            timer?.unsubscribe();
+            timer = undefined;
+            buffering = prebufferMs > 0;
+          }
+          queue.push(item);
+          if (timer === undefined) release();
+        },
+        error: (error: unknown) => subscriber.error(error),
+        complete: () => {
+          ended = true;
+          if (timer === undefined) release();
+        },
+      });
+      return () => {
+        subscription.unsubscribe();
+        timer?.unsubscribe();
+      };
+    });
+}
