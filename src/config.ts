@@ -33,12 +33,20 @@ const schema = z.object({
   UPSTREAM_PROTOCOL_VERSION: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2), z.literal(3)])).default(1),
   UPSTREAM_HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
   UPSTREAM_MAX_MESSAGE_BYTES: int(1024 * 1024, 4096, 64 * 1024 * 1024),
+  UPSTREAM_STALL_TIMEOUT_MS: int(15_000, 100, 600_000),
+  UPSTREAM_RECONNECT_ATTEMPTS: int(5, 0, 100),
+  UPSTREAM_RECONNECT_BASE_MS: int(250, 1, 60_000),
+  UPSTREAM_RECONNECT_MAX_MS: int(5000, 1, 600_000),
 
   MAX_SESSIONS: int(1000, 1, 1_000_000),
   MAX_FRAME_BYTES: int(64 * 1024, 1024, 16 * 1024 * 1024),
   HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
+  IDLE_TIMEOUT_MS: int(300_000, 1000, 86_400_000),
+  DRAIN_DEADLINE_MS: int(30_000, 0, 3_600_000),
   SOCKET_HIGH_WATER_BYTES: int(256 * 1024, 1024, 64 * 1024 * 1024),
   QUEUE_LIMIT_MS: int(5000, 60, 600_000),
+  QUEUE_MAX_MESSAGES: int(1000, 16, 1_000_000),
+  SLOW_CLIENT_POLICY: z.enum(['drop-oldest', 'close']).default('drop-oldest'),
 
   SIM_REPLY: z.enum(['speech']).default('speech'),
 });
@@ -60,17 +68,29 @@ export interface Config {
     helloTimeoutMs: number;
     /** A larger upstream message is a fault: the connection is dropped rather than the memory spent. */
     maxMessageBytes: number;
+    /** Silence this long while a reply is due or under way means the upstream is stuck: reconnect. */
+    stallTimeoutMs: number;
+    /** After losing the upstream mid-session: attempts, then capped exponential backoff between them. */
+    reconnect: { attempts: number; baseMs: number; maxMs: number };
   };
   limits: {
     maxSessions: number;
     maxFrameBytes: number;
     helloTimeoutMs: number;
+    /** A session with no client message and no reply for this long is closed (1000). */
+    idleTimeoutMs: number;
+    /** On SIGTERM, how long replies in progress may run before every session is closed (1001). */
+    drainDeadlineMs: number;
   };
   sink: {
     /** Above this many bytes buffered in the socket, frames wait in the session's own queue. */
     highWaterBytes: number;
     /** How much audio a session's queue holds beyond what the socket buffers. */
     queueLimitMs: number;
+    /** Messages (never dropped) a session's queue holds at most: past it the client is too slow (4003). */
+    maxQueuedMessages: number;
+    /** When the audio queue is full: drop the oldest audio, or close the session with 4003. */
+    policy: 'drop-oldest' | 'close';
   };
   sim: { reply: 'speech' };
 }
@@ -102,9 +122,22 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       protocolVersion: e.UPSTREAM_PROTOCOL_VERSION as ProtocolVersion,
       helloTimeoutMs: e.UPSTREAM_HELLO_TIMEOUT_MS,
       maxMessageBytes: e.UPSTREAM_MAX_MESSAGE_BYTES,
+      stallTimeoutMs: e.UPSTREAM_STALL_TIMEOUT_MS,
+      reconnect: { attempts: e.UPSTREAM_RECONNECT_ATTEMPTS, baseMs: e.UPSTREAM_RECONNECT_BASE_MS, maxMs: e.UPSTREAM_RECONNECT_MAX_MS },
     },
-    limits: { maxSessions: e.MAX_SESSIONS, maxFrameBytes: e.MAX_FRAME_BYTES, helloTimeoutMs: e.HELLO_TIMEOUT_MS },
-    sink: { highWaterBytes: e.SOCKET_HIGH_WATER_BYTES, queueLimitMs: e.QUEUE_LIMIT_MS },
+    limits: {
+      maxSessions: e.MAX_SESSIONS,
+      maxFrameBytes: e.MAX_FRAME_BYTES,
+      helloTimeoutMs: e.HELLO_TIMEOUT_MS,
+      idleTimeoutMs: e.IDLE_TIMEOUT_MS,
+      drainDeadlineMs: e.DRAIN_DEADLINE_MS,
+    },
+    sink: {
+      highWaterBytes: e.SOCKET_HIGH_WATER_BYTES,
+      queueLimitMs: e.QUEUE_LIMIT_MS,
+      maxQueuedMessages: e.QUEUE_MAX_MESSAGES,
+      policy: e.SLOW_CLIENT_POLICY,
+    },
     sim: { reply: e.SIM_REPLY },
   };
 }

@@ -3,7 +3,6 @@ import { Gateway } from './actors/gateway.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
-import { CloseCode } from './protocol/client.ts';
 import { startSimulator, type Simulator } from './sim/simulator.ts';
 import { startClientServer } from './transport/client-server.ts';
 
@@ -13,8 +12,10 @@ export interface RunningGateway {
   readonly metrics: Metrics;
   /** The embedded simulator, when no upstream URL is configured. */
   readonly simulator: Simulator | undefined;
-  /** Ends every session (1001), stops listening and stops the embedded simulator. */
+  /** Ends every session now (1001), stops listening and stops the embedded simulator. */
   stop(): Promise<void>;
+  /** PROTOCOL.md draining: not ready, new sessions refused (1013), replies finish up to the deadline, then 1001. */
+  drain(): Promise<void>;
 }
 
 /** Wires config, metrics, the gateway actor and the client server; the embedded simulator when no upstream is set. */
@@ -36,7 +37,12 @@ export async function startGateway(config: Config, logger: Logger, metrics: Metr
     metrics,
     simulator,
     stop: async () => {
-      gateway.post({ kind: 'shutdown', code: CloseCode.goingAway, reason: 'gateway shutting down' });
+      gateway.post({ kind: 'stop' });
+      server.close();
+      await simulator?.close();
+    },
+    drain: async () => {
+      await gateway.drain(config.limits.drainDeadlineMs);
       server.close();
       await simulator?.close();
     },
@@ -56,7 +62,7 @@ async function main(): Promise<void> {
   const running = await startGateway(config, logger);
   const stop = (signal: string) => {
     logger.info({ signal }, 'stopping');
-    running.stop().then(
+    (signal === 'SIGTERM' ? running.drain() : running.stop()).then(
       () => process.exit(0),
       (error: unknown) => {
         logger.error({ err: error }, 'stop failed');

@@ -10,7 +10,11 @@ import { Session, type SessionOutcome, type SessionSocket } from './session.ts';
 export type GatewayMessage =
   | { kind: 'connected'; socket: SessionSocket; attach: (session: Session) => void }
   | { kind: 'session-ended'; session: Session; outcome: SessionOutcome }
-  | { kind: 'shutdown'; code: number; reason: string };
+  | { kind: 'tick' }
+  /** Stop admitting; let replies in progress finish until the deadline, then close every session. */
+  | { kind: 'drain'; deadlineMs: number; drained: () => void }
+  | { kind: 'deadline' }
+  | { kind: 'stop' };
 
 export interface GatewayDeps {
   config: Config;
@@ -20,16 +24,23 @@ export interface GatewayDeps {
   openUpstream?: (options: UpstreamOptions) => Upstream;
 }
 
+/** How often sessions check their idle and stall timeouts: one timer for all of them. */
+const TICK_MS = 1000;
+
 /**
- * The supervisor: admits sessions (capacity), keeps the registry, and hears when a session ends.
- * It never reaches into a session's state; sessions and the gateway talk by messages.
+ * The supervisor: admits sessions (capacity, draining), keeps the registry, hears when a session ends,
+ * and keeps time for the sessions. It never reaches into a session's state: they talk by messages.
  */
 export class Gateway extends Actor<GatewayMessage> {
   private readonly sessions = new Map<string, Session>();
   private closing = false;
+  private drained: (() => void) | undefined;
+  private deadline: NodeJS.Timeout | undefined;
+  private readonly ticker: NodeJS.Timeout;
 
   constructor(private readonly deps: GatewayDeps) {
     super();
+    this.ticker = setInterval(() => this.post({ kind: 'tick' }), TICK_MS).unref();
   }
 
   /** Whether a new session would be admitted now: what /readyz answers. */
@@ -41,6 +52,11 @@ export class Gateway extends Actor<GatewayMessage> {
     return this.sessions.size;
   }
 
+  /** Drains (see the message) and resolves once the last session has ended. */
+  drain(deadlineMs: number): Promise<void> {
+    return new Promise((drained) => this.post({ kind: 'drain', deadlineMs, drained }));
+  }
+
   protected receive(m: GatewayMessage): void {
     switch (m.kind) {
       case 'connected':
@@ -49,11 +65,26 @@ export class Gateway extends Actor<GatewayMessage> {
         if (!this.sessions.delete(m.session.id)) return;
         this.deps.metrics.sessionsActive.dec();
         this.deps.metrics.sessionsTotal.labels(m.outcome).inc();
+        return this.checkDrained();
+      case 'tick': {
+        const now = performance.now();
+        for (const session of this.sessions.values()) session.post({ kind: 'tick', now });
         return;
-      case 'shutdown':
+      }
+      case 'drain':
+        this.deps.logger.info({ sessions: this.sessions.size, deadlineMs: m.deadlineMs }, 'draining');
         this.closing = true;
-        for (const session of this.sessions.values()) session.post({ kind: 'shutdown', code: m.code, reason: m.reason });
-        return;
+        this.drained = m.drained;
+        this.deadline = setTimeout(() => this.post({ kind: 'deadline' }), m.deadlineMs);
+        this.tellAll(true);
+        return this.checkDrained();
+      case 'deadline':
+        this.deps.logger.info({ sessions: this.sessions.size }, 'drain deadline: closing the rest');
+        return this.tellAll(false);
+      case 'stop':
+        this.closing = true;
+        clearInterval(this.ticker);
+        return this.tellAll(false);
     }
   }
 
@@ -61,11 +92,25 @@ export class Gateway extends Actor<GatewayMessage> {
     this.deps.logger.error({ err: error, message: message.kind }, 'gateway failed to handle a message');
   }
 
+  private tellAll(graceful: boolean): void {
+    for (const session of [...this.sessions.values()]) session.post({ kind: 'shutdown', graceful });
+  }
+
+  private checkDrained(): void {
+    if (this.drained === undefined || this.sessions.size > 0) return;
+    clearTimeout(this.deadline);
+    clearInterval(this.ticker);
+    const drained = this.drained;
+    this.drained = undefined;
+    drained();
+  }
+
   private admit(socket: SessionSocket, attach: (session: Session) => void): void {
     if (!this.accepting) {
       this.deps.metrics.sessionsTotal.labels('refused').inc();
-      socket.send(JSON.stringify({ type: 'error', code: 'overloaded', message: 'the gateway is at capacity: try again later' }), false);
-      socket.end(CloseCode.tryAgainLater, 'at capacity');
+      const message = this.closing ? 'the gateway is shutting down: try again later' : 'the gateway is at capacity: try again later';
+      socket.send(JSON.stringify({ type: 'error', code: 'overloaded', message }), false);
+      socket.end(CloseCode.tryAgainLater, this.closing ? 'shutting down' : 'at capacity');
       return;
     }
     const session = new Session(socket, { ...this.deps, onEnded: (s, outcome) => this.post({ kind: 'session-ended', session: s, outcome }) }, randomUUID());

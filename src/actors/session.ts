@@ -11,25 +11,21 @@ import {
   type ClientHello,
   type ClientMessage,
   type ErrorCode,
-  type Negotiated,
   type ServerMessage,
   type SessionState,
 } from '../protocol/client.ts';
 import { opusPacketDurationMs, type ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
 import { decodeOpus } from '../streams/decode-opus.ts';
 import { encodeOpus, FLUSH, type UplinkPcm } from '../streams/encode-opus.ts';
-import type { UpstreamEvent } from '../streams/events.ts';
-import { parse } from '../streams/parse.ts';
+import type { AudioFrame, UpstreamEvent } from '../streams/events.ts';
 import { pace } from '../streams/pace.ts';
+import { parse } from '../streams/parse.ts';
 import { DISCARD, toClient, type Outbound } from '../streams/to-client.ts';
 import { SocketSink, type ClientSocket } from '../transport/socket-sink.ts';
-import { Upstream, UpstreamError, type UpstreamOptions } from '../transport/upstream.ts';
+import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
 
-/** The client's socket as the session sees it. */
-export interface SessionSocket extends ClientSocket {
-  end(code: number, reason: string): void;
-}
+export type SessionSocket = ClientSocket;
 
 export type SessionMessage =
   | { kind: 'client-text'; text: string }
@@ -37,11 +33,25 @@ export type SessionMessage =
   | { kind: 'client-closed'; code: number }
   | { kind: 'drain' }
   | { kind: 'hello-timeout' }
-  | { kind: 'shutdown'; code: number; reason: string }
+  | { kind: 'tick'; now: number }
+  | { kind: 'reconnect' }
+  /** The socket sink gave up on a client that does not read (policy `close`, or messages piling up). */
+  | { kind: 'too-slow' }
+  /** graceful: finish the reply in progress first (draining); otherwise close now. */
+  | { kind: 'shutdown'; graceful: boolean }
   | { kind: 'upstream-failed'; error: unknown }
   | UpstreamEvent;
 
-export type SessionOutcome = 'normal' | 'client_gone' | 'hello_timeout' | 'upstream_unavailable' | 'upstream_lost' | 'internal' | 'shutdown';
+export type SessionOutcome =
+  | 'normal'
+  | 'client_gone'
+  | 'hello_timeout'
+  | 'idle'
+  | 'too_slow'
+  | 'upstream_unavailable'
+  | 'upstream_lost'
+  | 'internal'
+  | 'shutdown';
 
 export interface SessionDeps {
   config: Config;
@@ -60,16 +70,19 @@ const UPSTREAM_UPLINK_RATE = 16000;
 const MAX_OPUS_PACKET_BYTES = 3 * 1275;
 /** XIAOZHI.md: what servers speak when their hello does not say. */
 const UPSTREAM_DEFAULT_RATE = 24000;
-
 /** 1005 is a close frame without a code: a clean close all the same. */
 const CLEAN_CLOSES = new Set([1000, 1001, 1005]);
 
-type Phase = 'awaiting-hello' | 'connecting' | 'open' | 'closed';
+/**
+ * awaiting-hello → connecting → open ⇄ reconnecting → ending → closed. `ending`: the close is queued
+ * behind what the client has yet to receive; the socket's close event makes it `closed`.
+ */
+type Phase = 'awaiting-hello' | 'connecting' | 'open' | 'reconnecting' | 'ending' | 'closed';
 
 /**
  * One client session: the only code that changes its state. It owns the upstream connection, the
- * downlink pipeline (upstream → parse → decodeOpus → here) and the outbound one (here → toClient →
- * socket sink), so everything the client receives leaves through one ordered queue.
+ * downlink pipeline (upstream → parse → decodeOpus → here) and the outbound one (here → pace →
+ * toClient → socket sink), so everything the client receives leaves through one ordered queue.
  */
 export class Session extends Actor<SessionMessage> {
   readonly id: string;
@@ -77,17 +90,22 @@ export class Session extends Actor<SessionMessage> {
   private phase: Phase = 'awaiting-hello';
   private state: SessionState = 'ready';
   private hello: ClientHello | undefined;
-  private negotiated: Negotiated | undefined;
   private upstream: Upstream | undefined;
   private downlink: Subscription | undefined;
   private sink: SocketSink | undefined;
   private readonly outbound = new Subject<Outbound>();
   /** pcm16 uplink only: the client's PCM on its way to the session's encoder. */
   private uplink: Subject<UplinkPcm> | undefined;
-  private helloTimer: NodeJS.Timeout | undefined;
+  private timer: NodeJS.Timeout | undefined;
   private connectStartedAt = 0;
+  private reconnectAttempts = 0;
   /** After an abort, the rest of that reply's audio still in flight from the upstream is discarded. */
   private discarding = false;
+  /** The gateway is draining: close once the reply in progress is over. */
+  private draining = false;
+  private endingOutcome: SessionOutcome = 'normal';
+  private lastClientAt = performance.now();
+  private lastUpstreamAt = 0;
   private readonly upstreamFrames;
   private readonly abortedFrames;
   private readonly uplinkFrames;
@@ -103,44 +121,53 @@ export class Session extends Actor<SessionMessage> {
     this.upstreamFrames = deps.metrics.upstreamFrames;
     this.abortedFrames = deps.metrics.framesDropped.labels('aborted');
     this.uplinkFrames = deps.metrics.uplinkFrames;
-    this.helloTimer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
+    this.timer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
   }
 
   protected receive(m: SessionMessage): void {
     if (this.phase === 'closed') return;
+    if (m.kind === 'client-closed') return this.finish(this.phase === 'ending' ? this.endingOutcome : CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone');
+    if (m.kind === 'drain') return this.sink?.drain();
+    if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
+    if (m.kind === 'too-slow') return this.abandon(CloseCode.tooSlow, 'client too slow', 'too_slow');
+    if (this.phase === 'ending') return;
     switch (m.kind) {
       case 'audio':
         return this.onUpstreamAudio(m);
       case 'message':
+        this.lastUpstreamAt = performance.now();
         return this.onUpstreamMessage(m.message);
       case 'invalid':
         this.deps.metrics.badMessages.labels('upstream_invalid').inc();
         this.log.debug({ detail: m.detail }, 'upstream message skipped');
         return;
       case 'client-text':
+        this.lastClientAt = performance.now();
         return this.onClientText(m.text);
       case 'client-binary':
+        this.lastClientAt = performance.now();
         return this.onClientAudio(m.data);
-      case 'drain':
-        this.sink?.drain();
-        return;
       case 'hello-timeout':
-        if (this.phase === 'awaiting-hello') this.end(CloseCode.helloTimeout, 'no hello in time', 'hello_timeout');
+        if (this.phase === 'awaiting-hello') this.abandon(CloseCode.helloTimeout, 'no hello in time', 'hello_timeout');
+        return;
+      case 'tick':
+        return this.onTick(m.now);
+      case 'reconnect':
+        if (this.phase === 'reconnecting') this.subscribeDownlink();
+        return;
+      case 'shutdown':
+        this.draining = true;
+        if (!this.inReply()) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
         return;
       case 'upstream-failed':
         return this.onUpstreamFailed(m.error);
-      case 'shutdown':
-        return this.end(m.code, m.reason, 'shutdown');
-      case 'client-closed':
-        return this.finish(CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone');
     }
   }
 
   protected failed(error: unknown, message: SessionMessage): void {
     this.log.error({ err: error, message: message.kind }, 'session failed');
     if (this.phase === 'closed') return;
-    this.sendError('internal', 'the gateway failed on this session');
-    this.end(CloseCode.internal, 'internal error', 'internal');
+    this.abandon(CloseCode.internal, 'internal error', 'internal');
   }
 
   // Client side.
@@ -159,18 +186,14 @@ export class Session extends Actor<SessionMessage> {
       else this.sendError('hello_required', `send hello before ${message.type}`);
       return;
     }
-    if (message.type === 'hello') {
-      this.sendError('bad_message', 'hello was already received');
-      return;
-    }
-    if (this.phase === 'connecting') {
-      this.sendError('hello_required', `wait for the gateway's hello before ${message.type}`);
-      return;
-    }
-    this.onConversation(message);
+    if (message.type === 'hello') this.sendError('bad_message', 'hello was already received');
+    else if (message.type === 'ping') this.emit({ type: 'pong', id: message.id });
+    else if (this.phase === 'connecting') this.sendError('hello_required', `wait for the gateway's hello before ${message.type}`);
+    else if (this.phase === 'reconnecting') this.sendError('upstream_lost', `reconnecting to the voice service: ${message.type} was not sent`);
+    else this.onConversation(message);
   }
 
-  private onConversation(message: Exclude<ClientMessage, { type: 'hello' }>): void {
+  private onConversation(message: Exclude<ClientMessage, { type: 'hello' | 'ping' }>): void {
     const upstream = this.upstream!;
     switch (message.type) {
       case 'listen':
@@ -196,9 +219,6 @@ export class Session extends Actor<SessionMessage> {
       case 'mcp':
         upstream.send({ type: 'mcp', payload: message.payload });
         return;
-      case 'ping':
-        this.emit({ type: 'pong', id: message.id });
-        return;
     }
   }
 
@@ -210,10 +230,12 @@ export class Session extends Actor<SessionMessage> {
   }
 
   private onClientAudio(data: Buffer): void {
-    if (this.phase !== 'open') {
+    if (this.phase === 'awaiting-hello' || this.phase === 'connecting') {
       this.sendError('hello_required', 'audio before the session is ready is dropped');
       return;
     }
+    // While reconnecting there is nowhere to send it; the state tells the client so.
+    if (this.phase !== 'open') return;
     if (this.uplink !== undefined) {
       if (data.length % 2 !== 0) {
         this.sendError('bad_audio', `pcm16 frames hold whole 16-bit samples: ${data.length} bytes is odd`);
@@ -241,7 +263,7 @@ export class Session extends Actor<SessionMessage> {
   // Upstream side.
 
   private connect(hello: ClientHello): void {
-    clearTimeout(this.helloTimer);
+    clearTimeout(this.timer);
     this.hello = hello;
     this.phase = 'connecting';
     const { config } = this.deps;
@@ -260,41 +282,43 @@ export class Session extends Actor<SessionMessage> {
       this.uplink = new Subject<UplinkPcm>();
       this.uplink.pipe(encodeOpus(hello.uplink.sampleRate, hello.uplink.frameMs)).subscribe((packet) => this.sendUplink(packet));
     }
-    const downlink = hello.downlink;
-    this.connectStartedAt = performance.now();
-    this.sink = new SocketSink(
+    const sink = new SocketSink(
       this.socket,
       {
-        highWaterBytes: config.sink.highWaterBytes,
-        queueLimitMs: config.sink.queueLimitMs,
-        codec: downlink.codec,
-        transport: downlink.transport,
-        onTooSlow: () => this.emit({ type: 'error', code: 'too_slow', message: 'audio was dropped: the client is reading too slowly' }),
+        ...config.sink,
+        codec: hello.downlink.codec,
+        transport: hello.downlink.transport,
+        onTooSlow: (what) => {
+          if (what === 'dropping') this.emit({ type: 'error', code: 'too_slow', message: 'audio was dropped: the client is reading too slowly' });
+          else this.post({ kind: 'too-slow' });
+        },
       },
       this.deps.metrics,
     );
-    const sink = this.sink;
+    this.sink = sink;
     const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, (n) => this.abortedFrames.inc(n)) : identity;
-    this.outbound.pipe(paced, toClient(downlink.transport)).subscribe((frame) => sink.write(frame));
-    this.downlink = this.upstream.messages$
-      .pipe(parse(config.upstream.protocolVersion), downlink.codec === 'pcm16' ? decodeOpus(downlink.sampleRate) : identity)
-      .subscribe({
-        next: (event) => this.post(event),
-        error: (error: unknown) => this.post({ kind: 'upstream-failed', error }),
-      });
+    this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe((frame) => sink.write(frame));
+    this.subscribeDownlink();
+  }
+
+  /** A fresh upstream session with a fresh pipeline (and decoder): at first, and on each reconnect. */
+  private subscribeDownlink(): void {
+    const { config } = this.deps;
+    const downlink = this.hello!.downlink;
+    this.connectStartedAt = performance.now();
+    this.downlink = this.upstream!.messages$.pipe(
+      parse(config.upstream.protocolVersion),
+      downlink.codec === 'pcm16' ? decodeOpus(downlink.sampleRate) : identity,
+    ).subscribe({
+      next: (event) => this.post(event),
+      error: (error: unknown) => this.post({ kind: 'upstream-failed', error }),
+    });
   }
 
   private onUpstreamMessage(message: XiaozhiMessage): void {
     switch (message.type) {
       case 'hello':
-        if (this.phase !== 'connecting') return;
-        this.deps.metrics.upstreamConnect.observe((performance.now() - this.connectStartedAt) / 1000);
-        this.phase = 'open';
-        this.negotiated = negotiate(this.hello!, message.audioParams?.sample_rate ?? UPSTREAM_DEFAULT_RATE);
-        this.emit({ type: 'hello', version: PROTOCOL_VERSION, sessionId: this.id, ...this.negotiated });
-        this.emit({ type: 'state', state: 'ready' });
-        this.log.info({ negotiated: this.negotiated }, 'session open');
-        return;
+        return this.onUpstreamHello(message.audioParams?.sample_rate ?? UPSTREAM_DEFAULT_RATE);
       case 'stt':
         this.emit({ type: 'user_text', text: message.text });
         // In auto and realtime modes the server's VAD ends the utterance, not the client.
@@ -326,33 +350,83 @@ export class Session extends Actor<SessionMessage> {
     }
   }
 
-  private onUpstreamAudio(frame: Extract<UpstreamEvent, { kind: 'audio' }>): void {
+  private onUpstreamHello(upstreamRate: number): void {
+    this.deps.metrics.upstreamConnect.observe((performance.now() - this.connectStartedAt) / 1000);
+    this.reconnectAttempts = 0;
+    if (this.phase === 'reconnecting') {
+      this.phase = 'open';
+      this.log.info('upstream recovered');
+      this.setState('ready');
+      return;
+    }
+    if (this.phase !== 'connecting') return;
+    this.phase = 'open';
+    const negotiated = negotiate(this.hello!, upstreamRate);
+    this.emit({ type: 'hello', version: PROTOCOL_VERSION, sessionId: this.id, ...negotiated });
+    this.emit({ type: 'state', state: 'ready' });
+    this.log.info({ negotiated }, 'session open');
+    if (this.draining) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
+  }
+
+  private onUpstreamAudio(frame: AudioFrame): void {
+    this.lastUpstreamAt = frame.arrivedAt;
     this.upstreamFrames.inc();
     if (frame.concealed) {
       this.deps.metrics.decodeErrors.inc();
       this.deps.metrics.concealedFrames.inc();
       this.log.debug('upstream packet did not decode: concealed');
     }
-    if (this.discarding) {
-      this.abortedFrames.inc();
-      return;
-    }
-    this.outbound.next(frame);
+    if (this.discarding) this.abortedFrames.inc();
+    else this.outbound.next(frame);
   }
 
   private onUpstreamFailed(error: unknown): void {
-    const kind = error instanceof UpstreamError ? error.kind : 'socket';
-    this.deps.metrics.upstreamErrors.labels(kind).inc();
+    const kind: UpstreamErrorKind = error instanceof UpstreamError ? error.kind : 'socket';
     const detail = error instanceof Error ? error.message : String(error);
+    this.deps.metrics.upstreamErrors.labels(kind).inc();
+    this.downlink?.unsubscribe();
+    this.downlink = undefined;
     if (this.phase === 'connecting') {
       this.log.warn({ kind, detail }, 'upstream unavailable');
       this.sendError('upstream_unavailable', `the voice service could not be reached: ${detail}`);
-      this.end(CloseCode.upstreamUnavailable, 'upstream unavailable', 'upstream_unavailable');
-    } else {
+      this.close(CloseCode.upstreamUnavailable, 'upstream unavailable', 'upstream_unavailable');
+      return;
+    }
+    if (this.phase === 'open') {
       this.log.warn({ kind, detail }, 'upstream lost');
       this.sendError('upstream_lost', `the voice service went away: ${detail}`);
-      this.end(CloseCode.upstreamUnavailable, 'upstream lost', 'upstream_lost');
+      this.phase = 'reconnecting';
+      this.discarding = false;
+      this.setState('reconnecting');
+    } else {
+      this.log.info({ kind, detail, attempt: this.reconnectAttempts }, 'upstream reconnect failed');
     }
+    const { attempts, baseMs, maxMs } = this.deps.config.upstream.reconnect;
+    if (this.reconnectAttempts >= attempts) {
+      this.sendError('upstream_unavailable', `the voice service did not come back after ${attempts} attempts`);
+      this.close(CloseCode.upstreamUnavailable, 'upstream lost', 'upstream_lost');
+      return;
+    }
+    const delay = Math.min(baseMs * 2 ** this.reconnectAttempts, maxMs);
+    this.reconnectAttempts++;
+    this.timer = setTimeout(() => this.post({ kind: 'reconnect' }), delay);
+  }
+
+  /** Once a second, from the gateway: a session idle too long goes; an upstream silent mid-reply is stuck. */
+  private onTick(now: number): void {
+    if (this.phase !== 'open') return;
+    const { limits, upstream } = this.deps.config;
+    if (this.inReply()) {
+      if (now - Math.max(this.lastUpstreamAt, this.lastClientAt) > upstream.stallTimeoutMs) {
+        this.post({ kind: 'upstream-failed', error: new UpstreamError('stall', `no word from the upstream for ${upstream.stallTimeoutMs} ms mid-reply`) });
+      }
+    } else if (now - Math.max(this.lastClientAt, this.lastUpstreamAt) > limits.idleTimeoutMs) {
+      this.close(CloseCode.normal, 'idle', 'idle');
+    }
+  }
+
+  private inReply(): boolean {
+    return this.state === 'processing' || this.state === 'speaking';
   }
 
   // Output.
@@ -361,6 +435,7 @@ export class Session extends Actor<SessionMessage> {
     if (state === this.state) return;
     this.state = state;
     this.emit({ type: 'state', state });
+    if (this.draining && !this.inReply()) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
   }
 
   private emit(message: ServerMessage): void {
@@ -376,20 +451,38 @@ export class Session extends Actor<SessionMessage> {
 
   // Endings.
 
-  /** The gateway ends the session: close the client socket; the close event does the rest. */
-  private end(code: number, reason: string, outcome: SessionOutcome): void {
+  /** Closes after everything already queued for the client: the upstream stops now, the socket after. */
+  private close(code: number, reason: string, outcome: SessionOutcome): void {
+    if (this.sink === undefined) return this.abandon(code, reason, outcome);
+    this.phase = 'ending';
+    this.endingOutcome = outcome;
+    this.stopUpstream();
+    this.outbound.next({ kind: 'end', code, reason });
+  }
+
+  /** Closes now: whatever the client has yet to receive is dropped. */
+  private abandon(code: number, reason: string, outcome: SessionOutcome): void {
     this.finish(outcome);
-    this.socket.end(code, reason);
+    try {
+      this.socket.end(code, reason);
+    } catch {
+      // Already closed: its close event finds the session finished.
+    }
+  }
+
+  private stopUpstream(): void {
+    clearTimeout(this.timer);
+    this.downlink?.unsubscribe();
+    this.downlink = undefined;
+    this.uplink?.complete();
   }
 
   private finish(outcome: SessionOutcome): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
-    clearTimeout(this.helloTimer);
-    this.downlink?.unsubscribe();
-    this.uplink?.complete();
+    this.stopUpstream();
     this.outbound.complete();
-    this.sink?.close();
+    this.sink?.close(outcome === 'too_slow' ? 'too_slow' : 'client_gone');
     this.log.info({ outcome }, 'session ended');
     this.deps.onEnded(this, outcome);
   }

@@ -11,7 +11,7 @@ const HUMAN_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10];
 const QUEUE_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100, 200];
 
 export type DropReason = 'aborted' | 'too_slow' | 'client_gone';
-export type FailReason = 'closed' | 'backpressure_limit' | 'exception';
+export type FailReason = 'closed' | 'backpressure_limit';
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();

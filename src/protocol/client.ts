@@ -126,12 +126,20 @@ export type ServerMessage =
 /**
  * One thing to write to a client socket, in order: audio (binary PCM or Opus, or a json `audio_frame`)
  * or a text message. Only audio may be dropped; `state` messages mark reply boundaries for the sink,
- * and `discard` (abort) drops every audio frame still waiting.
+ * `discard` (abort) drops every audio frame still waiting, and `end` closes the socket once everything
+ * before it has been written.
  */
 export type ClientFrame =
   | { readonly kind: 'audio'; readonly data: Buffer | string; readonly arrivedAt: number; readonly durationMs: number }
   | { readonly kind: 'text' | 'state'; readonly data: string }
-  | { readonly kind: 'discard' };
+  | { readonly kind: 'discard' }
+  | ClientEnd;
+
+export interface ClientEnd {
+  readonly kind: 'end';
+  readonly code: number;
+  readonly reason: string;
+}
 
 export const CloseCode = {
   normal: 1000,

@@ -1,4 +1,4 @@
-// Runs the simulator on its own: node --import tsx src/sim/main.ts (SIM_HOST, SIM_PORT).
+// Runs the simulator on its own: node --import tsx src/sim/main.ts (SIM_HOST, SIM_PORT, SIM_REPLY=speech|echo).
 import { createLogger } from '../observability/log.ts';
 import { startSimulator } from './simulator.ts';
 
@@ -9,8 +9,13 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   log.fatal({ SIM_PORT: process.env.SIM_PORT }, 'SIM_PORT must be a port number');
   process.exit(1);
 }
+const reply = process.env.SIM_REPLY ?? 'speech';
+if (reply !== 'speech' && reply !== 'echo') {
+  log.fatal({ SIM_REPLY: reply }, 'SIM_REPLY must be speech or echo');
+  process.exit(1);
+}
 
-const sim = await startSimulator({ host, port, logger: log });
+const sim = await startSimulator({ host, port, logger: log, reply });
 log.info({ url: sim.url }, 'xiaozhi simulator listening');
 
 const stop = (signal: NodeJS.Signals): void => {

@@ -4,10 +4,14 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
+import opus, { type OpusEncoder } from '@discordjs/opus';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { decodeBinary, encodeBinary, parseDeviceJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
 import { loadSpeech, type Speech } from './speech.ts';
+
+/** 'speech': the fixture's sentences. 'echo': the user's own uplink audio of the utterance, spoken back. */
+export type ReplyMode = 'speech' | 'echo';
 
 export interface SimulatorOptions {
   host?: string;
@@ -20,9 +24,24 @@ export interface SimulatorOptions {
   stopDelayMs?: number;
   /** false: never answer the hello. */
   answerHello?: boolean;
-  /** Frames of a reply (counted from 0 over all its sentences) sent as a packet libopus refuses. */
+  /** Frames of the speech reply (counted from 0 over all its sentences) sent as a packet libopus refuses. */
   corruptFrames?: number[];
+  /** How sessions reply (default 'speech'). */
+  reply?: ReplyMode;
+  /**
+   * Echo, after `listen start` in mode auto or realtime: the utterance ends when no uplink frame came for
+   * this long after at least one (default 800). It also ends at `listen stop`, the only end in manual mode.
+   */
+  echoSilenceMs?: number;
+  /**
+   * Overrides for one session, asked once as it connects (its headers are known, no message has arrived),
+   * so that sessions of one simulator can behave differently, e.g. chosen by Device-Id or by arrival order.
+   */
+  sessionOptions?: (session: SimSession) => SessionOptions;
 }
+
+/** What may differ between the sessions of one simulator; options left out keep the simulator's value. */
+export type SessionOptions = Pick<SimulatorOptions, 'reply' | 'echoSilenceMs'>;
 
 export interface SimSession {
   readonly id: string;
@@ -40,6 +59,7 @@ export interface Simulator {
   readonly port: number;
   /** Every session ever accepted, in order. */
   readonly sessions: readonly SimSession[];
+  /** Frames of the speech reply. */
   replyFrames(): number;
   close(): Promise<void>;
   on(event: 'session', fn: (s: SimSession) => void): void;
@@ -58,17 +78,22 @@ const TIMER_SLACK_MS = 1;
 /** What the simulated ASR "hears" after `listen stop`: the simulator does not recognise speech. */
 const HEARD_PHRASE = 'Can we practise English?';
 const CLOSE_GRACE_MS = 1000;
+/** The echo is encoded like a server's speech: about 24 kbit/s. */
+const ECHO_BITRATE = 24000;
 
 type Sentence = { text: string; packets: Buffer[] };
 
-/** How one session behaves: everything a later per-session mode (echo, faults) would choose. */
+/** How one session behaves: the simulator's options with the session's own on top. */
 interface Behaviour {
   answerHello: boolean;
   pacing: 'xiaozhi' | 'burst';
   stopDelayMs: number;
+  /** Of the downlink, speech and echo alike: what the hello announces. */
   sampleRate: number;
   frameMs: number;
-  reply: Sentence[];
+  speech: Sentence[];
+  reply: ReplyMode;
+  echoSilenceMs: number;
 }
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
@@ -81,7 +106,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     stopDelayMs: options.stopDelayMs ?? 420,
     sampleRate: speech.sampleRate,
     frameMs: speech.frameMs,
-    reply: corrupt(speech.sentences, new Set(options.corruptFrames ?? [])),
+    speech: corrupt(speech.sentences, new Set(options.corruptFrames ?? [])),
+    reply: options.reply ?? 'speech',
+    echoSilenceMs: options.echoSilenceMs ?? 800,
   };
   const sessions: Session[] = [];
   const listeners: ((s: SimSession) => void)[] = [];
@@ -98,7 +125,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       return;
     }
     wss.handleUpgrade(req, socket, head, (ws) => {
-      const session = new Session(ws, req, behaviour, log);
+      const session = new Session(ws, req, behaviour, options.sessionOptions, log);
       sessions.push(session);
       for (const fn of listeners) fn(session);
     });
@@ -120,7 +147,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     url,
     port,
     sessions,
-    replyFrames: () => behaviour.reply.reduce((n, s) => n + s.packets.length, 0),
+    replyFrames: () => behaviour.speech.reduce((n, s) => n + s.packets.length, 0),
     on: (_event, fn) => void listeners.push(fn),
     close: async () => {
       await Promise.all(sessions.map((s) => s.shutdown()));
@@ -153,11 +180,20 @@ class Session implements SimSession {
   /** True from a reply's `stt` until its `tts stop`: the real server's "speaking" state. */
   private replying = false;
   private timer: NodeJS.Timeout | undefined;
+  private readonly behaviour: Behaviour;
+  /** Echo: whether the utterance ends on silence (the device's last `listen start` was not manual). */
+  private endOnSilence = false;
+  /** Echo: the utterance so far, decoded at the downlink rate. */
+  private heard: Buffer[] = [];
+  private silenceTimer: NodeJS.Timeout | undefined;
+  /** Echo: the session's Opus decoder and encoder (one native object holds both), made on first use. */
+  private codec: OpusEncoder | undefined;
 
   constructor(
     private readonly ws: WebSocket,
     req: IncomingMessage,
-    private readonly behaviour: Behaviour,
+    simulator: Behaviour,
+    sessionOptions: ((session: SimSession) => SessionOptions) | undefined,
     log: Logger,
   ) {
     for (const [name, value] of Object.entries(req.headers)) {
@@ -165,21 +201,23 @@ class Session implements SimSession {
     }
     const version = Number(this.headers['protocol-version'] ?? 1);
     this.protocolVersion = version === 2 || version === 3 ? version : 1;
+    const own = sessionOptions?.(this) ?? {};
+    this.behaviour = { ...simulator, reply: own.reply ?? simulator.reply, echoSilenceMs: own.echoSilenceMs ?? simulator.echoSilenceMs };
     this.log = log.child({ simSession: this.id });
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
-    ws.on('close', () => this.cancelTimer());
+    ws.on('close', () => this.dispose());
     // The peer may vanish at any moment: that ends this session, never the simulator.
     ws.on('error', (err) => this.log.debug({ err }, 'socket error'));
   }
 
   close(code?: number): void {
-    this.cancelTimer();
+    this.dispose();
     this.ws.close(code);
   }
 
   /** Closes politely, but does not let a peer that never answers the close hold the simulator open. */
   shutdown(): Promise<void> {
-    this.cancelTimer();
+    this.dispose();
     if (this.ws.readyState === WebSocket.CLOSED) return Promise.resolve();
     return new Promise((resolve) => {
       const force = setTimeout(() => this.ws.terminate(), CLOSE_GRACE_MS);
@@ -198,6 +236,7 @@ class Session implements SimSession {
     if (!frame.ok) return void this.log.debug({ detail: frame.detail }, 'bad binary frame');
     if (frame.kind === 'json') return this.onText(frame.payload.toString('utf8'));
     this.received.audio.push(frame.payload);
+    if (this.behaviour.reply === 'echo') this.hear(frame.payload);
   }
 
   private onText(text: string): void {
@@ -207,8 +246,16 @@ class Session implements SimSession {
     this.received.json.push(m);
     if (m.type === 'hello') {
       if (this.behaviour.answerHello) this.answerHello();
-    } else if (m.type === 'listen' && (m.state === 'stop' || m.state === 'detect')) {
-      this.reply(m.state === 'detect' && typeof m.text === 'string' ? m.text : HEARD_PHRASE);
+    } else if (m.type === 'listen' && m.state === 'start') {
+      this.endOnSilence = m.mode !== 'manual';
+      this.forget();
+    } else if (m.type === 'listen' && m.state === 'stop') {
+      if (this.behaviour.reply === 'echo') this.echo();
+      else this.reply(HEARD_PHRASE, this.behaviour.speech);
+    } else if (m.type === 'listen' && m.state === 'detect') {
+      // Typed text brings no audio: an echo session answers it with speech unless the device spoke first.
+      if (this.behaviour.reply === 'echo' && this.heard.length > 0) this.echo();
+      else this.reply(typeof m.text === 'string' ? m.text : HEARD_PHRASE, this.behaviour.speech);
     } else if (m.type === 'abort') {
       this.abort();
     } else if (m.type !== 'listen' && m.type !== 'mcp') {
@@ -226,18 +273,62 @@ class Session implements SimSession {
     });
   }
 
-  private reply(heard: string): void {
+  /** Echo: adds an uplink packet to the utterance; in auto and realtime mode, silence from now on ends it. */
+  private hear(packet: Buffer): void {
+    try {
+      this.heard.push(this.opus().decode(packet));
+    } catch (err) {
+      return void this.log.debug({ err }, 'undecodable uplink packet');
+    }
+    if (!this.endOnSilence) return;
+    clearTimeout(this.silenceTimer);
+    this.silenceTimer = setTimeout(() => this.echo(), this.behaviour.echoSilenceMs);
+  }
+
+  /** Echo: ends the utterance and speaks it back as one sentence, encoded like the server's speech. */
+  private echo(): void {
+    const pcm = Buffer.concat(this.heard);
+    this.forget();
+    const { sampleRate, frameMs } = this.behaviour;
+    const text = `echo: ${(pcm.length / 2 / sampleRate).toFixed(2)} s of speech`;
+    const frameBytes = ((sampleRate * frameMs) / 1000) * 2;
+    const packets: Buffer[] = [];
+    for (let at = 0; at < pcm.length; at += frameBytes) {
+      const frame = Buffer.alloc(frameBytes); // zeros pad the last frame
+      pcm.copy(frame, 0, at);
+      packets.push(this.opus().encode(frame));
+    }
+    this.reply(text, packets.length > 0 ? [{ text, packets }] : []);
+  }
+
+  /** Echo: drops the utterance heard so far. */
+  private forget(): void {
+    clearTimeout(this.silenceTimer);
+    this.silenceTimer = undefined;
+    this.heard = [];
+  }
+
+  private opus(): OpusEncoder {
+    if (this.codec === undefined) {
+      // Created at the downlink rate: a decoder outputs any rate whatever rate the packet was encoded at.
+      this.codec = new opus.OpusEncoder(this.behaviour.sampleRate, 1);
+      this.codec.setBitrate(ECHO_BITRATE);
+    }
+    return this.codec;
+  }
+
+  private reply(heard: string, sentences: Sentence[]): void {
     if (this.replying) this.abort();
     this.replying = true;
     this.repliesSent++;
     this.sendJson({ type: 'stt', text: heard, session_id: this.id });
     this.sendJson({ type: 'llm', text: '😊', emotion: 'happy', session_id: this.id });
     this.sendJson({ type: 'tts', state: 'start', session_id: this.id });
-    this.playSentence(0);
+    this.playSentence(sentences, 0);
   }
 
-  private playSentence(index: number): void {
-    const sentence = this.behaviour.reply[index];
+  private playSentence(sentences: Sentence[], index: number): void {
+    const sentence = sentences[index];
     if (sentence === undefined) {
       this.timer = setTimeout(() => this.stop(), this.behaviour.stopDelayMs);
       return;
@@ -258,7 +349,7 @@ class Session implements SimSession {
         this.sendAudio(sentence.packets[next++]!);
       }
       // The next sentence starts on a fresh turn of the event loop, so that an abort can land between sentences.
-      this.timer = setTimeout(() => this.playSentence(index + 1), 0);
+      this.timer = setTimeout(() => this.playSentence(sentences, index + 1), 0);
     };
     sendDue();
   }
@@ -277,6 +368,13 @@ class Session implements SimSession {
   private cancelTimer(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  /** The session is over: no timer may fire, and the codec state goes with it. */
+  private dispose(): void {
+    this.cancelTimer();
+    this.forget();
+    this.codec = undefined;
   }
 
   private sendJson(message: Record<string, unknown>): void {

@@ -31,7 +31,7 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
         let ms = 0;
         for (const item of queue) {
           if (item.kind === 'audio') ms += item.durationMs;
-          else if (item.kind === 'message' && item.message.type === 'state') return true;
+          else if (item.kind === 'end' || (item.kind === 'message' && item.message.type === 'state')) return true;
           if (ms >= prebufferMs) return true;
         }
         return false;

@@ -1,12 +1,13 @@
 import { defer, map, type OperatorFunction } from 'rxjs';
-import type { ClientFrame, Downlink, ServerMessage } from '../protocol/client.ts';
+import type { ClientEnd, ClientFrame, Downlink, ServerMessage } from '../protocol/client.ts';
 import type { AudioFrame } from './events.ts';
 
 /**
- * What the session actor sends its client, in order: audio frames, protocol messages, and `discard`
- * (abort: every stage that holds audio of the current reply drops it at once, then passes it on).
+ * What the session actor sends its client, in order: audio frames, protocol messages, `discard`
+ * (abort: every stage that holds audio of the current reply drops it at once, then passes it on) and
+ * `end` (close the socket after everything before it).
  */
-export type Outbound = AudioFrame | { readonly kind: 'message'; readonly message: ServerMessage } | typeof DISCARD;
+export type Outbound = AudioFrame | { readonly kind: 'message'; readonly message: ServerMessage } | typeof DISCARD | ClientEnd;
 
 export const DISCARD = { kind: 'discard' } as const;
 
@@ -36,6 +37,6 @@ export function toClient(transport: Downlink['transport']): OperatorFunction<Out
 }
 
 function render(item: Outbound): ClientFrame {
-  if (item.kind === 'audio' || item.kind === 'discard') return item;
+  if (item.kind !== 'message') return item;
   return { kind: item.message.type === 'state' ? 'state' : 'text', data: JSON.stringify(item.message) };
 }

@@ -1,4 +1,4 @@
-import type { ClientFrame } from '../protocol/client.ts';
+import type { ClientEnd, ClientFrame } from '../protocol/client.ts';
 import type { DropReason, FailReason, Metrics } from '../observability/metrics.ts';
 
 /** The part of a uWS WebSocket the sink uses. */
@@ -6,17 +6,25 @@ export interface ClientSocket {
   /** 1: sent; 0: accepted into the socket's own buffer; 2: dropped by the socket's backpressure limit. */
   send(data: Buffer | string, isBinary: boolean): number;
   getBufferedAmount(): number;
+  end(code: number, reason: string): void;
 }
 
 export interface SinkOptions {
   /** Above this many bytes buffered in the socket, frames wait in the sink's queue instead. */
   highWaterBytes: number;
-  /** Milliseconds of audio the queue holds at most; beyond it the oldest queued audio goes (`too_slow`). */
+  /** Milliseconds of audio the queue holds at most. */
   queueLimitMs: number;
+  /** Messages the queue holds at most; they are never dropped, so past this the client has to go. */
+  maxQueuedMessages: number;
+  /** When the audio is over its limit: drop the oldest queued audio (`too_slow`), or give up on the client. */
+  policy: 'drop-oldest' | 'close';
   codec: string;
   transport: string;
-  /** Called on the first `too_slow` drop of a reply, so that the client hears of it once. */
-  onTooSlow: () => void;
+  /**
+   * `dropping`: the first `too_slow` drop of a reply, so that the client hears of it once.
+   * `gave-up`: the client cannot be served any more; the owner closes it (4003).
+   */
+  onTooSlow: (what: 'dropping' | 'gave-up') => void;
   now?: () => number;
 }
 
@@ -55,7 +63,7 @@ export class SocketSink {
     const d = metrics.framesDropped;
     this.dropped = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
     const f = metrics.sendFailures;
-    this.failed = { closed: f.labels('closed'), backpressure_limit: f.labels('backpressure_limit'), exception: f.labels('exception') };
+    this.failed = { closed: f.labels('closed'), backpressure_limit: f.labels('backpressure_limit') };
   }
 
   /** Frames waiting in the sink (not counting what the socket itself buffers). */
@@ -74,6 +82,7 @@ export class SocketSink {
     }
     if (frame.kind === 'state') this.lastAudioAt = -1;
     if (this.depth > 0 || this.isOverHighWater()) this.enqueue(frame);
+    else if (frame.kind === 'end') this.end(frame);
     else this.send(frame);
   }
 
@@ -87,7 +96,8 @@ export class SocketSink {
         this.queuedAudio--;
         this.queuedMs -= frame.durationMs;
       }
-      this.send(frame);
+      if (frame.kind === 'end') this.end(frame);
+      else this.send(frame);
     }
     if (this.depth === 0) this.resetQueue();
   }
@@ -116,17 +126,26 @@ export class SocketSink {
     this.tooSlowReported = false;
   }
 
-  /** The socket is gone: what waits is dropped as `client_gone`, and nothing touches the socket again. */
-  close(): void {
+  /** The socket is gone or going: what waits is dropped, and nothing touches the socket again. */
+  close(reason: DropReason = 'client_gone'): void {
     if (this.closed) return;
     this.closed = true;
     const audio = this.queuedAudio;
     this.metrics.queueDepth.dec(this.depth);
-    if (audio > 0) this.dropped.client_gone.inc(audio);
+    if (audio > 0) this.dropped[reason].inc(audio);
     this.queue = [];
     this.head = 0;
     this.queuedAudio = 0;
     this.queuedMs = 0;
+  }
+
+  private end(frame: ClientEnd): void {
+    this.close();
+    try {
+      this.socket.end(frame.code, frame.reason);
+    } catch {
+      // Already closed by the client: its close event is on its way.
+    }
   }
 
   private isOverHighWater(): boolean {
@@ -138,9 +157,14 @@ export class SocketSink {
 
   private enqueue(frame: QueuedFrame): void {
     if (frame.kind === 'audio') {
-      while (this.queuedAudio > 0 && this.queuedMs + frame.durationMs > this.options.queueLimitMs) this.dropOldestAudio();
+      while (this.queuedAudio > 0 && this.queuedMs + frame.durationMs > this.options.queueLimitMs) {
+        if (this.options.policy === 'close') return this.giveUp(frame);
+        this.dropOldestAudio();
+      }
       this.queuedAudio++;
       this.queuedMs += frame.durationMs;
+    } else if (this.depth - this.queuedAudio >= this.options.maxQueuedMessages) {
+      return this.giveUp(frame);
     }
     this.queue.push(frame);
     this.metrics.queueDepth.inc();
@@ -158,10 +182,17 @@ export class SocketSink {
       this.dropped.too_slow.inc();
       if (!this.tooSlowReported) {
         this.tooSlowReported = true;
-        this.options.onTooSlow();
+        this.options.onTooSlow('dropping');
       }
       return;
     }
+  }
+
+  /** The frame in hand is dropped with the rest: the owner closes the session from the callback. */
+  private giveUp(frame: QueuedFrame): void {
+    if (frame.kind === 'audio') this.dropped.too_slow.inc();
+    this.close('too_slow');
+    this.options.onTooSlow('gave-up');
   }
 
   private resetQueue(): void {
@@ -170,7 +201,7 @@ export class SocketSink {
     this.head = 0;
   }
 
-  private send(frame: QueuedFrame): void {
+  private send(frame: Exclude<QueuedFrame, ClientEnd>): void {
     const audio = frame.kind === 'audio';
     let result: number;
     try {

@@ -22,7 +22,7 @@ export interface UpstreamOptions {
   uplink: { sampleRate: number; frameMs: number };
 }
 
-export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket';
+export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket' | 'stall';
 
 export class UpstreamError extends Error {
   override name = 'UpstreamError';
