@@ -48,7 +48,7 @@ const schema = z.object({
   QUEUE_MAX_MESSAGES: int(1000, 16, 1_000_000),
   SLOW_CLIENT_POLICY: z.enum(['drop-oldest', 'close']).default('drop-oldest'),
 
-  SIM_REPLY: z.enum(['speech']).default('speech'),
+  SIM_REPLY: z.enum(['speech', 'echo']).default('speech'),
 });
 
 export interface Config {
@@ -92,7 +92,8 @@ export interface Config {
     /** When the audio queue is full: drop the oldest audio, or close the session with 4003. */
     policy: 'drop-oldest' | 'close';
   };
-  sim: { reply: 'speech' };
+  /** The embedded simulator's reply: the recorded speech, or the user's own uplink audio back. */
+  sim: { reply: 'speech' | 'echo' };
 }
 
 export class ConfigError extends Error {

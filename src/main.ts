@@ -20,7 +20,7 @@ export interface RunningGateway {
 
 /** Wires config, metrics, the gateway actor and the client server; the embedded simulator when no upstream is set. */
 export async function startGateway(config: Config, logger: Logger, metrics: Metrics = createMetrics()): Promise<RunningGateway> {
-  const simulator = config.upstream.url === undefined ? await startSimulator({ logger: logger.child({ component: 'simulator' }) }) : undefined;
+  const simulator = config.upstream.url === undefined ? await startSimulator({ reply: config.sim.reply, logger: logger.child({ component: 'simulator' }) }) : undefined;
   const upstreamUrl = config.upstream.url ?? simulator!.url;
   if (config.upstream.deviceId !== undefined) {
     logger.warn('UPSTREAM_DEVICE_ID is set: every session shares one Device-Id, so the upstream mixes their conversation memory');

@@ -1,6 +1,7 @@
 // A xiaozhi server (../../shared/XIAOZHI.md) for the gateway to talk to: the embedded default upstream,
 // the peer of integration tests and of load tests. It behaves like xiaozhi-esp32-server where that
-// matters to the gateway: the hello, the message order of a reply, how speech is paced, abort.
+// matters to the gateway: the hello, the message order of a reply, how speech is paced, abort. In echo mode
+// it speaks the user's own uplink back, so that a test can follow audio from client to server and back.
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -26,7 +27,7 @@ export interface SimulatorOptions {
   answerHello?: boolean;
   /** Frames of the speech reply (counted from 0 over all its sentences) sent as a packet libopus refuses. */
   corruptFrames?: number[];
-  /** How sessions reply (default 'speech'). */
+  /** How sessions reply (default 'speech'); sessionOptions may choose otherwise for a session. */
   reply?: ReplyMode;
   /**
    * Echo, after `listen start` in mode auto or realtime: the utterance ends when no uplink frame came for

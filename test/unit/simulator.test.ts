@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import opus from '@discordjs/opus';
+import wavefile from 'wavefile';
 import { WebSocket } from 'ws';
 import { decodeBinary, encodeBinary } from '../../src/protocol/xiaozhi.ts';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
@@ -32,6 +34,11 @@ class Device {
     this.ws.send(JSON.stringify(message));
   }
 
+  /** Sends uplink audio: one Opus packet a binary message (protocol version 1). */
+  speak(packets: Buffer[]): void {
+    for (const p of packets) this.ws.send(p);
+  }
+
   hello(): void {
     this.send({ type: 'hello', version: 1, features: { mcp: true }, transport: 'websocket', audio_params: { format: 'opus', sample_rate: 16000, channels: 1, frame_duration: 60 } });
   }
@@ -61,6 +68,52 @@ function replyShape(speech: Speech): string[] {
 const speech = loadSpeech();
 /** The fixture cut to 8 frames a sentence: real-time pacing of it takes about 0.4 s. */
 const shortSpeech: Speech = { ...speech, sentences: speech.sentences.map((s) => ({ text: s.text, packets: s.packets.slice(0, 8) })) };
+
+/** The utterance fixture: 16 kHz mono s16 samples. */
+const utterance = new wavefile.WaveFile(readFileSync(new URL('../fixtures/utterance-16k.wav', import.meta.url))).getSamples(
+  false,
+  Int16Array,
+) as unknown as Int16Array;
+
+/** The utterance's first `count` frames of `frameMs`, encoded as a device sends them: 16 kHz Opus. */
+function uplink(count: number, frameMs = 60): Buffer[] {
+  const encoder = new opus.OpusEncoder(16000, 1);
+  const frameBytes = 16 * frameMs * 2;
+  const pcm = Buffer.from(utterance.buffer, utterance.byteOffset, utterance.byteLength);
+  return Array.from({ length: count }, (_, i) => encoder.encode(pcm.subarray(i * frameBytes, (i + 1) * frameBytes)));
+}
+
+/** The expected shape of an echo reply of `frames` frames (none: no sentence at all). */
+function echoShape(frames: number): string[] {
+  return ['stt', 'llm', 'tts start', ...(frames > 0 ? ['tts sentence_start', ...Array<string>(frames).fill('audio')] : []), 'tts stop'];
+}
+const textsOf = (events: Event[]): unknown[] =>
+  events.filter((e) => isJson(e, 'stt') || isJson(e, 'tts', 'sentence_start')).map((e) => 'json' in e && e.json.text);
+
+/** Loudness every 20 ms (RMS), so that audio at different rates and codec delays can be compared. */
+function envelope(samples: Int16Array, rate: number): number[] {
+  const window = rate / 50;
+  return Array.from({ length: Math.floor(samples.length / window) }, (_, w) => {
+    let sum = 0;
+    for (let i = w * window; i < (w + 1) * window; i++) sum += samples[i]! ** 2;
+    return Math.sqrt(sum / window);
+  });
+}
+
+function correlation(a: number[], b: number[]): number {
+  const n = Math.min(a.length, b.length);
+  const mean = (x: number[]): number => x.slice(0, n).reduce((s, v) => s + v, 0) / n;
+  const [ma, mb] = [mean(a), mean(b)];
+  let ab = 0;
+  let aa = 0;
+  let bb = 0;
+  for (let i = 0; i < n; i++) {
+    ab += (a[i]! - ma) * (b[i]! - mb);
+    aa += (a[i]! - ma) ** 2;
+    bb += (b[i]! - mb) ** 2;
+  }
+  return ab / Math.sqrt(aa * bb);
+}
 
 const sims: Simulator[] = [];
 async function simulator(options: SimulatorOptions = {}): Promise<Simulator> {
@@ -138,10 +191,12 @@ describe('xiaozhi simulator', () => {
     await device.untilJson('tts', 'stop');
 
     expect(shape(device.events)).toEqual(replyShape(shortSpeech));
-    // 8 frames a sentence: frames 0-5 leave together, 6 and 7 at 60 and 120 ms; the next sentence follows at once.
-    expect(arrivals[5]! - arrivals[0]!).toBeLessThan(60);
-    expect(arrivals[7]! - asked).toBeGreaterThanOrEqual(119);
-    expect(arrivals[23]! - asked).toBeGreaterThanOrEqual(3 * 119);
+    // 8 frames a sentence: frames 0-4 leave together, 5, 6 and 7 at 60, 120 and 180 ms (less the 1 ms timer
+    // slack); the next sentence follows at once.
+    expect(arrivals[4]! - arrivals[0]!).toBeLessThan(60);
+    expect(arrivals[5]! - asked).toBeGreaterThanOrEqual(59);
+    expect(arrivals[7]! - asked).toBeGreaterThanOrEqual(179);
+    expect(arrivals[23]! - asked).toBeGreaterThanOrEqual(3 * 179);
   });
 
   it('stops the audio at once and sends tts stop when the device aborts mid-reply', async () => {
@@ -283,5 +338,138 @@ describe('xiaozhi simulator', () => {
     other.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
     await other.untilJson('tts', 'stop');
     expect(shape(other.events)).toEqual(replyShape(shortSpeech));
+  });
+
+  describe('echo reply', () => {
+    it('speaks the uplink of a manual utterance back at 24 kHz once listen stop comes', async () => {
+      const sim = await simulator({ reply: 'echo' });
+      const device = await Device.connect(sim.url);
+      device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+      device.speak(uplink(10));
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(echoShape(10));
+      expect(textsOf(device.events)).toEqual(['echo: 0.60 s of speech', 'echo: 0.60 s of speech']);
+      const decoder = new opus.OpusEncoder(24000, 1);
+      const frames = audioOf(device.events).map((p) => decoder.decode(p));
+      expect(frames.map((f) => f.length / 2)).toEqual(Array<number>(10).fill(1440));
+      // About 24 kbit/s, as the server's speech: 180 bytes a 60 ms packet.
+      const bytes = audioOf(device.events).reduce((n, p) => n + p.length, 0);
+      expect(bytes / 10).toBeGreaterThan(120);
+      expect(bytes / 10).toBeLessThan(240);
+      // Each Opus pass delays the audio by 6.5 ms and the echo went through two: 13 ms, 312 samples at 24 kHz.
+      const echoed = Buffer.concat(frames).subarray(312 * 2);
+      const said = envelope(utterance.subarray(0, 10 * 960), 16000);
+      expect(correlation(said, envelope(new Int16Array(echoed.buffer, echoed.byteOffset, echoed.length / 2), 24000))).toBeGreaterThan(0.95);
+    });
+
+    it.each(['auto', 'realtime'])('ends a %s-mode utterance after echoSilenceMs without uplink, without listen stop', async (mode) => {
+      const sim = await simulator({ reply: 'echo', echoSilenceMs: 30 });
+      const device = await Device.connect(sim.url);
+      device.send({ type: 'listen', state: 'start', mode, session_id: '' });
+      device.speak(uplink(10));
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(echoShape(10));
+      expect(textsOf(device.events)[0]).toBe('echo: 0.60 s of speech');
+      expect(sim.sessions[0]!.received.json.map((m) => m.state)).toEqual(['start']);
+    });
+
+    it('decodes uplink packets of any duration and zero-pads the last downlink frame', async () => {
+      const sim = await simulator({ reply: 'echo' });
+      const device = await Device.connect(sim.url);
+      device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+      device.speak(uplink(4, 20));
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(echoShape(2));
+      expect(textsOf(device.events)[0]).toBe('echo: 0.08 s of speech');
+    });
+
+    it('starts the utterance afresh at listen start and answers an empty one with no audio', async () => {
+      const sim = await simulator({ reply: 'echo' });
+      const device = await Device.connect(sim.url);
+      device.speak(uplink(5));
+      device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+      device.speak(uplink(10));
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      await device.untilJson('tts', 'stop', 2);
+
+      expect(shape(device.events)).toEqual([...echoShape(10), ...echoShape(0)]);
+      expect(textsOf(device.events)).toEqual(['echo: 0.60 s of speech', 'echo: 0.60 s of speech', 'echo: 0.00 s of speech']);
+    });
+
+    it('answers listen detect with the speech reply when nothing was heard, else with the echo', async () => {
+      const sim = await simulator({ reply: 'echo', speech: shortSpeech });
+      const device = await Device.connect(sim.url);
+      device.send({ type: 'listen', state: 'detect', text: 'How are you?', session_id: '' });
+      await device.untilJson('tts', 'stop');
+      expect(shape(device.events)).toEqual(replyShape(shortSpeech));
+      expect(textsOf(device.events)[0]).toBe('How are you?');
+
+      const stopAt = device.events.length;
+      device.speak(uplink(3));
+      device.send({ type: 'listen', state: 'detect', text: 'How are you?', session_id: '' });
+      await device.untilJson('tts', 'stop', 2);
+      expect(shape(device.events.slice(stopAt))).toEqual(echoShape(3));
+      expect(textsOf(device.events.slice(stopAt))[0]).toBe('echo: 0.18 s of speech');
+    });
+
+    it('lets each session choose its reply on one simulator', async () => {
+      const sim = await simulator({ speech: shortSpeech, sessionOptions: (s) => (s.headers['device-id'] === 'echo' ? { reply: 'echo' } : {}) });
+      const [echo, speaker] = await Promise.all([Device.connect(sim.url, { 'Device-Id': 'echo' }), Device.connect(sim.url)]);
+      for (const device of [echo, speaker]) {
+        device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+        device.speak(uplink(10));
+        device.send({ type: 'listen', state: 'stop', session_id: '' });
+      }
+      await Promise.all([echo.untilJson('tts', 'stop'), speaker.untilJson('tts', 'stop')]);
+
+      expect(shape(echo.events)).toEqual(echoShape(10));
+      expect(textsOf(echo.events)[0]).toBe('echo: 0.60 s of speech');
+      expect(shape(speaker.events)).toEqual(replyShape(shortSpeech));
+    });
+
+    it('stops the echo at once when the device aborts, and keeps nothing of it for the next utterance', async () => {
+      const sim = await simulator({ reply: 'echo', pacing: 'xiaozhi' });
+      const device = await Device.connect(sim.url);
+      device.send({ type: 'listen', state: 'start', mode: 'manual', session_id: '' });
+      device.speak(uplink(10));
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      await device.until((events) => audioOf(events).length > 0);
+      device.send({ type: 'abort', reason: 'wake_word_detected', session_id: '' });
+      await device.untilJson('tts', 'stop');
+
+      const stopAt = device.events.findIndex((e) => isJson(e, 'tts', 'stop'));
+      expect(audioOf(device.events).length).toBeLessThan(10);
+      device.send({ type: 'listen', state: 'stop', session_id: '' });
+      await device.untilJson('tts', 'stop', 2);
+      expect(shape(device.events.slice(stopAt + 1))).toEqual(echoShape(0));
+      expect(textsOf(device.events.slice(stopAt + 1))).toEqual(['echo: 0.00 s of speech']);
+    });
+
+    it('leaves no silence timer behind when it closes mid-utterance', async () => {
+      const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+      const before = timers();
+      const sim = await startSimulator({ reply: 'echo', echoSilenceMs: 60_000 });
+      const device = await Device.connect(sim.url);
+      const closed = new Promise<void>((resolve) => device.ws.once('close', () => resolve()));
+      device.send({ type: 'listen', state: 'start', mode: 'auto', session_id: '' });
+      device.speak(uplink(2));
+      // Messages are handled in order: once the hello is answered, the audio was heard and silence is being timed.
+      device.hello();
+      await device.untilJson('hello');
+      const timing = timers();
+      await sim.close();
+      await closed;
+
+      // Timers of earlier tests' sockets may still be winding down, so counts only ever fall here.
+      expect(timers()).toBeLessThan(timing);
+      expect(timers()).toBeLessThanOrEqual(before);
+    });
   });
 });
