@@ -30,6 +30,7 @@ export type SessionSocket = ClientSocket;
 export type SessionMessage =
   | { kind: 'client-text'; text: string }
   | { kind: 'client-binary'; data: Buffer }
+  | { kind: 'client-oversized'; bytes: number }
   | { kind: 'client-closed'; code: number }
   | { kind: 'drain' }
   | { kind: 'hello-timeout' }
@@ -48,6 +49,7 @@ export type SessionOutcome =
   | 'hello_timeout'
   | 'idle'
   | 'too_slow'
+  | 'too_large'
   | 'upstream_unavailable'
   | 'upstream_lost'
   | 'internal'
@@ -130,6 +132,10 @@ export class Session extends Actor<SessionMessage> {
     if (m.kind === 'drain') return this.sink?.drain();
     if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
     if (m.kind === 'too-slow') return this.abandon(CloseCode.tooSlow, 'client too slow', 'too_slow');
+    if (m.kind === 'client-oversized') {
+      this.deps.metrics.badMessages.labels('too_large').inc();
+      return this.abandon(CloseCode.tooBig, `frame of ${m.bytes} bytes is over the ${this.deps.config.limits.maxFrameBytes}-byte limit`, 'too_large');
+    }
     if (this.phase === 'ending') return;
     switch (m.kind) {
       case 'audio':

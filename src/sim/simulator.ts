@@ -2,6 +2,7 @@
 // the peer of integration tests and of load tests. It behaves like xiaozhi-esp32-server where that
 // matters to the gateway: the hello, the message order of a reply, how speech is paced, abort. In echo mode
 // it speaks the user's own uplink back, so that a test can follow audio from client to server and back.
+// A session may also be told to fail mid-reply (Fault), as real servers and networks do.
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -19,12 +20,14 @@ export interface SimulatorOptions {
   port?: number;
   logger?: Logger;
   speech?: Speech;
-  /** 'xiaozhi': per sentence 5 frames at once, then real time. 'burst': each sentence at once. */
+  /** 'xiaozhi' (default): per sentence 5 frames at once, then real time. 'burst': each sentence at once. */
   pacing?: 'xiaozhi' | 'burst';
   /** How long after the last frame `tts stop` follows. */
   stopDelayMs?: number;
-  /** false: never answer the hello. */
+  /** false: never answer the hello (default true). */
   answerHello?: boolean;
+  /** A fault in every reply of every session (default none); sessionOptions may choose one for a session. */
+  fault?: Fault;
   /** Frames of the speech reply (counted from 0 over all its sentences) sent as a packet libopus refuses. */
   corruptFrames?: number[];
   /** How sessions reply (default 'speech'); sessionOptions may choose otherwise for a session. */
@@ -41,8 +44,31 @@ export interface SimulatorOptions {
   sessionOptions?: (session: SimSession) => SessionOptions;
 }
 
-/** What may differ between the sessions of one simulator; options left out keep the simulator's value. */
-export type SessionOptions = Pick<SimulatorOptions, 'reply' | 'echoSilenceMs'>;
+/**
+ * What may differ between the sessions of one simulator; options left out keep the simulator's value.
+ * To fail only a Device-Id's first connection, so that the gateway's reconnect finds a healthy server:
+ * `sessionOptions: (s) => (sim.connectionsOf(s.headers['device-id'] ?? '') === 0 ? { fault } : {})`.
+ */
+export type SessionOptions = Pick<SimulatorOptions, 'reply' | 'echoSilenceMs' | 'pacing' | 'answerHello' | 'fault'>;
+
+/**
+ * An upstream failure, injected in each reply (speech or echo) right after its first `afterFrames` audio
+ * frames (0: right after `tts start`); a reply with fewer frames never meets it.
+ * - `close`: closes with `closeCode` (default 1011; a code ws may send, e.g. 1000, 1011, 4000-4999), or
+ *   with 1006 destroys the TCP connection without a close frame.
+ * - `stall`: from then on sends nothing (no more audio, no `tts stop`) and answers nothing, yet stays open.
+ * - `malformed-json`: one text message that is not JSON, then the reply goes on.
+ * - `garbage-binary`: one extra audio message, framed for the protocol version, whose payload is
+ *   GARBAGE_PACKET; then the reply goes on.
+ * - `oversized`: one unframed binary message of `oversizedBytes` (default 2 MiB, beyond a sane maximum
+ *   message size), then the reply goes on as long as the peer stays.
+ */
+export interface Fault {
+  kind: 'close' | 'stall' | 'malformed-json' | 'garbage-binary' | 'oversized';
+  afterFrames: number;
+  closeCode?: number;
+  oversizedBytes?: number;
+}
 
 export interface SimSession {
   readonly id: string;
@@ -52,6 +78,7 @@ export interface SimSession {
   readonly received: { json: Record<string, unknown>[]; audio: Buffer[] };
   /** Replies begun (each one starts with its `stt`). */
   readonly repliesSent: number;
+  /** 1006 destroys the TCP connection without a close frame, as a crashed server or a broken network does. */
   close(code?: number): void;
 }
 
@@ -60,6 +87,8 @@ export interface Simulator {
   readonly port: number;
   /** Every session ever accepted, in order. */
   readonly sessions: readonly SimSession[];
+  /** How many sessions this Device-Id has opened; in sessionOptions the session being opened is not counted yet. */
+  connectionsOf(deviceId: string): number;
   /** Frames of the speech reply. */
   replyFrames(): number;
   close(): Promise<void>;
@@ -72,6 +101,9 @@ export interface Simulator {
  */
 export const CORRUPT_PACKET: Buffer = Buffer.from([0x6b, 0x03, 0x00, 0x00, 0x00, 0x00]);
 
+/** The `garbage-binary` fault's payload: random bytes behind a TOC of code 3 that counts zero frames, which no decoder accepts. */
+export const GARBAGE_PACKET: Buffer = Buffer.from('0300a7f15c3e9b20d4680e7fc2195a8b3d61e4f0', 'hex');
+
 /** xiaozhi-esp32-server sends this many frames of a sentence at once, then one per frame duration. */
 const PREBUFFER_FRAMES = 5;
 /** Node timers run on a millisecond clock and may fire a fraction of a millisecond before their due time. */
@@ -81,6 +113,7 @@ const HEARD_PHRASE = 'Can we practise English?';
 const CLOSE_GRACE_MS = 1000;
 /** The echo is encoded like a server's speech: about 24 kbit/s. */
 const ECHO_BITRATE = 24000;
+const OVERSIZED_BYTES = 2 * 1024 * 1024;
 
 type Sentence = { text: string; packets: Buffer[] };
 
@@ -95,6 +128,7 @@ interface Behaviour {
   speech: Sentence[];
   reply: ReplyMode;
   echoSilenceMs: number;
+  fault: Fault | undefined;
 }
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
@@ -110,6 +144,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     speech: corrupt(speech.sentences, new Set(options.corruptFrames ?? [])),
     reply: options.reply ?? 'speech',
     echoSilenceMs: options.echoSilenceMs ?? 800,
+    fault: options.fault,
   };
   const sessions: Session[] = [];
   const listeners: ((s: SimSession) => void)[] = [];
@@ -148,6 +183,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     url,
     port,
     sessions,
+    connectionsOf: (deviceId) => sessions.filter((s) => s.headers['device-id'] === deviceId).length,
     replyFrames: () => behaviour.speech.reduce((n, s) => n + s.packets.length, 0),
     on: (_event, fn) => void listeners.push(fn),
     close: async () => {
@@ -180,6 +216,10 @@ class Session implements SimSession {
   private readonly log: Logger;
   /** True from a reply's `stt` until its `tts stop`: the real server's "speaking" state. */
   private replying = false;
+  /** Audio frames of the reply in progress sent so far. */
+  private framesSent = 0;
+  /** The `stall` fault struck: the session still records what the device sends, but does nothing more. */
+  private stalled = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly behaviour: Behaviour;
   /** Echo: whether the utterance ends on silence (the device's last `listen start` was not manual). */
@@ -203,7 +243,14 @@ class Session implements SimSession {
     const version = Number(this.headers['protocol-version'] ?? 1);
     this.protocolVersion = version === 2 || version === 3 ? version : 1;
     const own = sessionOptions?.(this) ?? {};
-    this.behaviour = { ...simulator, reply: own.reply ?? simulator.reply, echoSilenceMs: own.echoSilenceMs ?? simulator.echoSilenceMs };
+    this.behaviour = {
+      ...simulator,
+      answerHello: own.answerHello ?? simulator.answerHello,
+      pacing: own.pacing ?? simulator.pacing,
+      reply: own.reply ?? simulator.reply,
+      echoSilenceMs: own.echoSilenceMs ?? simulator.echoSilenceMs,
+      fault: own.fault ?? simulator.fault,
+    };
     this.log = log.child({ simSession: this.id });
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('close', () => this.dispose());
@@ -213,7 +260,9 @@ class Session implements SimSession {
 
   close(code?: number): void {
     this.dispose();
-    this.ws.close(code);
+    // ws refuses to send 1006 in a close frame: the code only ever reports a connection lost without one.
+    if (code === 1006) this.ws.terminate();
+    else this.ws.close(code);
   }
 
   /** Closes politely, but does not let a peer that never answers the close hold the simulator open. */
@@ -237,7 +286,7 @@ class Session implements SimSession {
     if (!frame.ok) return void this.log.debug({ detail: frame.detail }, 'bad binary frame');
     if (frame.kind === 'json') return this.onText(frame.payload.toString('utf8'));
     this.received.audio.push(frame.payload);
-    if (this.behaviour.reply === 'echo') this.hear(frame.payload);
+    if (this.behaviour.reply === 'echo' && !this.stalled) this.hear(frame.payload);
   }
 
   private onText(text: string): void {
@@ -245,6 +294,7 @@ class Session implements SimSession {
     if (!parsed.ok) return void this.log.debug({ detail: parsed.detail }, 'bad device message');
     const m = parsed.message;
     this.received.json.push(m);
+    if (this.stalled) return;
     if (m.type === 'hello') {
       if (this.behaviour.answerHello) this.answerHello();
     } else if (m.type === 'listen' && m.state === 'start') {
@@ -322,10 +372,11 @@ class Session implements SimSession {
     if (this.replying) this.abort();
     this.replying = true;
     this.repliesSent++;
+    this.framesSent = 0;
     this.sendJson({ type: 'stt', text: heard, session_id: this.id });
     this.sendJson({ type: 'llm', text: '😊', emotion: 'happy', session_id: this.id });
     this.sendJson({ type: 'tts', state: 'start', session_id: this.id });
-    this.playSentence(sentences, 0);
+    if (this.goesOn()) this.playSentence(sentences, 0);
   }
 
   private playSentence(sentences: Sentence[], index: number): void {
@@ -348,11 +399,37 @@ class Session implements SimSession {
           return;
         }
         this.sendAudio(sentence.packets[next++]!);
+        this.framesSent++;
+        if (!this.goesOn()) return;
       }
       // The next sentence starts on a fresh turn of the event loop, so that an abort can land between sentences.
       this.timer = setTimeout(() => this.playSentence(sentences, index + 1), 0);
     };
     sendDue();
+  }
+
+  /** Injects the session's fault if it is due now; false when the reply must go no further. */
+  private goesOn(): boolean {
+    const fault = this.behaviour.fault;
+    if (fault === undefined || fault.afterFrames !== this.framesSent) return true;
+    switch (fault.kind) {
+      case 'close':
+        this.close(fault.closeCode ?? 1011);
+        return false;
+      case 'stall':
+        this.stalled = true;
+        this.dispose(); // an echo utterance may be timing its silence
+        return false;
+      case 'malformed-json':
+        this.send('{"type":"tts",');
+        return true;
+      case 'garbage-binary':
+        this.sendAudio(GARBAGE_PACKET);
+        return true;
+      case 'oversized':
+        this.send(Buffer.alloc(fault.oversizedBytes ?? OVERSIZED_BYTES));
+        return true;
+    }
   }
 
   private abort(): void {
@@ -379,10 +456,14 @@ class Session implements SimSession {
   }
 
   private sendJson(message: Record<string, unknown>): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+    this.send(JSON.stringify(message));
   }
 
   private sendAudio(packet: Buffer): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(encodeBinary(this.protocolVersion, packet));
+    this.send(encodeBinary(this.protocolVersion, packet));
+  }
+
+  private send(data: string | Buffer): void {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(data);
   }
 }

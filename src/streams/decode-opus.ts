@@ -26,13 +26,20 @@ export function decodeOpus(sampleRate: number): OperatorFunction<UpstreamEvent, 
       return source.pipe(
         map((event): UpstreamEvent => {
           if (event.kind !== 'audio' || decoder === undefined) return event;
-          try {
-            const pcm = decoder.decode(event.data);
-            return { kind: 'audio', data: pcm, arrivedAt: event.arrivedAt, durationMs: pcm.length / 2 / samplesPerMs, concealed: false };
-          } catch {
-            const pcm = conceal(decoder, Math.round(Math.min(event.durationMs, MAX_OPUS_FRAME_MS) * samplesPerMs));
-            return { kind: 'audio', data: pcm, arrivedAt: event.arrivedAt, durationMs: event.durationMs, concealed: true };
+          let pcm: Buffer | undefined;
+          // An empty packet would not throw: libopus would conceal its maximum frame size instead.
+          if (event.data.length > 0) {
+            try {
+              pcm = decoder.decode(event.data);
+            } catch {
+              pcm = undefined;
+            }
           }
+          if (pcm !== undefined) {
+            return { kind: 'audio', data: pcm, arrivedAt: event.arrivedAt, durationMs: pcm.length / 2 / samplesPerMs, concealed: false };
+          }
+          const plc = conceal(decoder, Math.round(Math.min(event.durationMs, MAX_OPUS_FRAME_MS) * samplesPerMs));
+          return { kind: 'audio', data: plc, arrivedAt: event.arrivedAt, durationMs: event.durationMs, concealed: true };
         }),
         finalize(() => {
           decoder = undefined;

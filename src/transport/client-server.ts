@@ -16,6 +16,9 @@ export interface ClientServer {
   close(): void;
 }
 
+/** How far past MAX_FRAME_BYTES a frame still gets a proper 1009 rather than a cut connection. */
+const OVERSIZE_HEADROOM = 4;
+
 /** Headroom far above the sink's high-water mark, so that uWS itself never drops a frame (send result 2). */
 const MAX_BACKPRESSURE = 64 * 1024 * 1024;
 
@@ -24,7 +27,7 @@ const MAX_BACKPRESSURE = 64 * 1024 * 1024;
  * Node ABI or glibc). A gateway on that fallback would fail under load without saying why: refuse.
  */
 export function assertNativeUws(): void {
-  if (typeof uWS.us_listen_socket_close !== 'function') {
+  if (!String(uWS.App).includes('[native code]')) {
     throw new Error(
       `uWebSockets.js native binary did not load for Node ${process.version} (ABI ${process.versions.modules}, ` +
         `${process.platform}-${process.arch}): refusing to start on the pure-JS fallback. ` +
@@ -41,7 +44,9 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
 
   app.ws<SocketData>('/v1/voice', {
     compression: uWS.DISABLED,
-    maxPayloadLength: config.limits.maxFrameBytes,
+    // uWS cuts the TCP connection without a close frame past its own limit; the gateway checks the
+    // configured maximum itself below that, so that a client learns why (1009).
+    maxPayloadLength: config.limits.maxFrameBytes * OVERSIZE_HEADROOM,
     maxBackpressure: MAX_BACKPRESSURE,
     closeOnBackpressureLimit: 0,
     idleTimeout: 120,
@@ -72,6 +77,10 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
     message: (ws, message, isBinary) => {
       const session = ws.getUserData().session;
       if (session === undefined) return;
+      if (message.byteLength > config.limits.maxFrameBytes) {
+        session.post({ kind: 'client-oversized', bytes: message.byteLength });
+        return;
+      }
       // uWS lends `message` for this call only: copy what outlives it.
       if (isBinary) session.post({ kind: 'client-binary', data: Buffer.from(new Uint8Array(message)) });
       else session.post({ kind: 'client-text', text: Buffer.from(message).toString('utf8') });
