@@ -1,29 +1,40 @@
 import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import opus from '@discordjs/opus';
 import wavefile from 'wavefile';
-import { WebSocket } from 'ws';
+import { WebSocket, type ClientOptions } from 'ws';
 import { decodeBinary, encodeBinary } from '../../src/protocol/xiaozhi.ts';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
-import { CORRUPT_PACKET, startSimulator, type Simulator, type SimulatorOptions } from '../../src/sim/simulator.ts';
+import {
+  CORRUPT_PACKET,
+  GARBAGE_PACKET,
+  startSimulator,
+  type Fault,
+  type Simulator,
+  type SimulatorOptions,
+} from '../../src/sim/simulator.ts';
 
 type Json = Record<string, unknown>;
-type Event = { json: Json } | { audio: Buffer };
+/** `text`: a text message that is not JSON. */
+type Event = { json: Json } | { audio: Buffer } | { text: string };
 
 /** A device that records everything the simulator sends, in order, and lets a test wait for any of it. */
 class Device {
   readonly events: Event[] = [];
+  /** The close code, once the connection is gone. */
+  readonly closed: Promise<number>;
   private waiters: { test: () => boolean; resolve: () => void }[] = [];
 
   private constructor(readonly ws: WebSocket) {
     ws.on('message', (data, isBinary) => {
-      this.events.push(isBinary ? { audio: data as Buffer } : { json: JSON.parse(data.toString()) as Json });
+      this.events.push(isBinary ? { audio: data as Buffer } : textEvent(data.toString()));
       this.waiters = this.waiters.filter((w) => !(w.test() && (w.resolve(), true)));
     });
+    this.closed = new Promise((resolve) => ws.once('close', (code) => resolve(code)));
   }
 
-  static connect(url: string, headers: Record<string, string> = {}): Promise<Device> {
-    const ws = new WebSocket(url, { headers, perMessageDeflate: false });
+  static connect(url: string, headers: Record<string, string> = {}, options: ClientOptions = {}): Promise<Device> {
+    const ws = new WebSocket(url, { headers, perMessageDeflate: false, ...options });
     return new Promise((resolve, reject) => {
       ws.once('open', () => resolve(new Device(ws)));
       ws.once('error', reject);
@@ -54,11 +65,19 @@ class Device {
   }
 }
 
+function textEvent(text: string): Event {
+  try {
+    return { json: JSON.parse(text) as Json };
+  } catch {
+    return { text };
+  }
+}
+
 const isJson = (e: Event, type: string, state?: string): e is { json: Json } =>
   'json' in e && e.json.type === type && (state === undefined || e.json.state === state);
 const audioOf = (events: Event[]): Buffer[] => events.flatMap((e) => ('audio' in e ? [e.audio] : []));
 const shape = (events: Event[]): string[] =>
-  events.map((e) => ('audio' in e ? 'audio' : [e.json.type, e.json.state].filter(Boolean).join(' ')));
+  events.map((e) => ('audio' in e ? 'audio' : 'text' in e ? 'text' : [e.json.type, e.json.state].filter(Boolean).join(' ')));
 
 /** The expected shape of one whole reply, from `stt` to `tts stop`. */
 function replyShape(speech: Speech): string[] {
@@ -338,6 +357,171 @@ describe('xiaozhi simulator', () => {
     other.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
     await other.untilJson('tts', 'stop');
     expect(shape(other.events)).toEqual(replyShape(shortSpeech));
+  });
+
+  it('lets each session choose its pacing on one simulator', async () => {
+    const sim = await simulator({ speech: shortSpeech, pacing: 'xiaozhi', sessionOptions: (s) => (s.headers['device-id'] === 'burst' ? { pacing: 'burst' } : {}) });
+    const [burst, paced] = await Promise.all([Device.connect(sim.url, { 'Device-Id': 'burst' }), Device.connect(sim.url)]);
+    const arrivals = [burst, paced].map((device) => {
+      const times: number[] = [];
+      device.ws.on('message', (_data, isBinary) => void (isBinary && times.push(performance.now())));
+      return times;
+    });
+    const asked = performance.now();
+    for (const device of [burst, paced]) device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    await Promise.all([burst.untilJson('tts', 'stop'), paced.untilJson('tts', 'stop')]);
+
+    expect(shape(burst.events)).toEqual(replyShape(shortSpeech));
+    expect(shape(paced.events)).toEqual(replyShape(shortSpeech));
+    // Three sentences of 8 frames: real time takes 3 × 180 ms; a burst, not even one sentence's time.
+    expect(arrivals[0]![23]! - asked).toBeLessThan(179);
+    expect(arrivals[1]![23]! - asked).toBeGreaterThanOrEqual(3 * 179);
+  });
+
+  it('lets each session choose whether it answers the hello', async () => {
+    const sim = await simulator({ speech: shortSpeech, sessionOptions: (s) => (s.headers['device-id'] === 'mute' ? { answerHello: false } : {}) });
+    const [mute, normal] = await Promise.all([Device.connect(sim.url, { 'Device-Id': 'mute' }), Device.connect(sim.url)]);
+    for (const device of [mute, normal]) {
+      device.hello();
+      device.send({ type: 'listen', state: 'detect', text: 'hi', session_id: '' });
+    }
+    await Promise.all([mute.untilJson('tts', 'stop'), normal.untilJson('tts', 'stop')]);
+
+    expect(shape(mute.events)).toEqual(replyShape(shortSpeech));
+    expect(shape(normal.events)).toEqual(['hello', ...replyShape(shortSpeech)]);
+  });
+
+  describe('faults', () => {
+    const frames = shortSpeech.sentences.flatMap((s) => s.packets);
+    const ask = (device: Device, text = 'hi'): void => device.send({ type: 'listen', state: 'detect', text, session_id: '' });
+    /** How much of the short reply's shape comes before the fault: its first `sent` frames and what precedes them. */
+    const before = (sent: number): number => {
+      const full = replyShape(shortSpeech);
+      let at = 3; // stt, llm, tts start
+      for (let seen = 0; seen < sent; ) if (full[at++] === 'audio') seen++;
+      return at;
+    };
+    /** The short reply's shape with `extra` right after its first `sent` frames. */
+    const withExtra = (sent: number, extra: string): string[] => {
+      const full = replyShape(shortSpeech);
+      return [...full.slice(0, before(sent)), extra, ...full.slice(before(sent))];
+    };
+
+    it.each([
+      [undefined, 1011],
+      [1006, 1006],
+      [4000, 4000],
+    ])('close with closeCode %s ends the connection with %i right after afterFrames frames', async (closeCode, code) => {
+      const sim = await simulator({ speech: shortSpeech, fault: { kind: 'close', afterFrames: 10, closeCode } });
+      const device = await Device.connect(sim.url);
+      ask(device);
+
+      expect(await device.closed).toBe(code);
+      expect(shape(device.events)).toEqual(replyShape(shortSpeech).slice(0, before(10)));
+      expect(audioOf(device.events)).toEqual(frames.slice(0, 10));
+    });
+
+    it('stall sends nothing after afterFrames frames and answers nothing more, yet keeps the connection open', async () => {
+      const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+      const idle = timers();
+      const sim = await startSimulator({ speech: shortSpeech, pacing: 'burst', stopDelayMs: 5, fault: { kind: 'stall', afterFrames: 10 } });
+      const device = await Device.connect(sim.url);
+      ask(device);
+      await device.until((events) => audioOf(events).length === 10);
+      ask(device, 'anyone there?');
+      device.send({ type: 'abort', reason: 'wake_word_detected', session_id: '' });
+      const session = sim.sessions[0]!;
+      await vi.waitFor(() => expect(session.received.json).toHaveLength(3));
+      // The simulator answers a message as it handles it: anything it had to say would be here long before this.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+
+      expect(shape(device.events)).toEqual(replyShape(shortSpeech).slice(0, before(10)));
+      expect(device.ws.readyState).toBe(WebSocket.OPEN);
+      expect(session.repliesSent).toBe(1);
+      await sim.close();
+      expect(await device.closed).toBe(1001);
+      expect(timers()).toBeLessThanOrEqual(idle);
+    });
+
+    it.each([0, 10, 24])('malformed-json sends a text message that is not JSON after %i frames, then the rest', async (afterFrames) => {
+      const sim = await simulator({ speech: shortSpeech, fault: { kind: 'malformed-json', afterFrames } });
+      const device = await Device.connect(sim.url);
+      ask(device);
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(withExtra(afterFrames, 'text'));
+      expect(audioOf(device.events)).toEqual(frames);
+      // Every reply meets the fault.
+      const stopAt = device.events.length;
+      ask(device);
+      await device.untilJson('tts', 'stop', 2);
+      expect(shape(device.events.slice(stopAt))).toEqual(withExtra(afterFrames, 'text'));
+    });
+
+    it.each([1, 2, 3] as const)('garbage-binary sends an extra undecodable Opus packet framed for v%i after afterFrames frames', async (version) => {
+      const sim = await simulator({ speech: shortSpeech, fault: { kind: 'garbage-binary', afterFrames: 10 } });
+      const device = await Device.connect(sim.url, { 'Protocol-Version': String(version) });
+      ask(device);
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(withExtra(10, 'audio'));
+      const payloads = audioOf(device.events).map((f) => decodeBinary(version, f)).map((f) => f.ok && f.payload);
+      expect(payloads).toEqual([...frames.slice(0, 10), GARBAGE_PACKET, ...frames.slice(10)]);
+    });
+
+    it('garbage-binary packets are Opus code 3 of zero frames, which libopus refuses', () => {
+      expect(GARBAGE_PACKET[0]! & 3).toBe(3);
+      expect(GARBAGE_PACKET[1]! & 0x3f).toBe(0);
+      expect(GARBAGE_PACKET).not.toEqual(CORRUPT_PACKET);
+      expect(() => new opus.OpusEncoder(24000, 1).decode(GARBAGE_PACKET)).toThrow();
+    });
+
+    it('oversized sends one binary message of 2 MiB by default after afterFrames frames, then the rest', async () => {
+      const sim = await simulator({ speech: shortSpeech, fault: { kind: 'oversized', afterFrames: 10 } });
+      const device = await Device.connect(sim.url);
+      ask(device);
+      await device.untilJson('tts', 'stop');
+
+      expect(shape(device.events)).toEqual(withExtra(10, 'audio'));
+      const audio = audioOf(device.events);
+      expect(audio[10]).toHaveLength(2 * 1024 * 1024);
+      expect([...audio.slice(0, 10), ...audio.slice(11)]).toEqual(frames);
+    });
+
+    it('oversized: a peer with a smaller maximum drops the session, and the simulator serves others on', async () => {
+      const oversized: Fault = { kind: 'oversized', afterFrames: 10, oversizedBytes: 100_000 };
+      const sim = await simulator({ speech: shortSpeech, sessionOptions: (s) => (s.headers['device-id'] === 'strict' ? { fault: oversized } : {}) });
+      const strict = await Device.connect(sim.url, { 'Device-Id': 'strict' }, { maxPayload: 65_536 });
+      strict.ws.on('error', () => {}); // ws reports the refused message as an error, then drops the connection
+      ask(strict);
+
+      await strict.closed;
+      expect(audioOf(strict.events)).toEqual(frames.slice(0, 10));
+      const other = await Device.connect(sim.url);
+      ask(other);
+      await other.untilJson('tts', 'stop');
+      expect(shape(other.events)).toEqual(replyShape(shortSpeech));
+    });
+
+    it('fails only the first connection of a Device-Id, so that its reconnect finds a healthy session', async () => {
+      const fault: Fault = { kind: 'close', afterFrames: 5 };
+      const sim: Simulator = await simulator({
+        speech: shortSpeech,
+        sessionOptions: (s) => (sim.connectionsOf(s.headers['device-id'] ?? '') === 0 ? { fault } : {}),
+      });
+      const headers = { 'Device-Id': 'aa:bb:cc:dd:ee:ff' };
+      const first = await Device.connect(sim.url, headers);
+      ask(first);
+      expect(await first.closed).toBe(1011);
+      expect(audioOf(first.events)).toHaveLength(5);
+
+      const again = await Device.connect(sim.url, headers);
+      ask(again);
+      await again.untilJson('tts', 'stop');
+      expect(shape(again.events)).toEqual(replyShape(shortSpeech));
+      expect(sim.connectionsOf('aa:bb:cc:dd:ee:ff')).toBe(2);
+      expect(sim.connectionsOf('11:22:33:44:55:66')).toBe(0);
+    });
   });
 
   describe('echo reply', () => {
