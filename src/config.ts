@@ -4,13 +4,11 @@ import type { ProtocolVersion } from './protocol/xiaozhi.ts';
 // The one home of configuration: environment in, one typed and validated object out. Every default
 // lives here, so that what the gateway does without any settings can be read in one place.
 
-const blankIsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
-const int = (fallback: number, min: number, max: number) =>
-  z.preprocess(blankIsUnset, z.coerce.number().int().min(min).max(max).default(fallback));
+const int = (fallback: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(fallback);
 const optionalText = z
   .string()
   .optional()
-  .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+  .transform((v) => v?.trim());
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 
@@ -101,7 +99,9 @@ export class ConfigError extends Error {
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const parsed = schema.safeParse(env);
+  // A variable set to blank (FOO= in an env file) means unset, as operators expect.
+  const given = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
+  const parsed = schema.safeParse(given);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);

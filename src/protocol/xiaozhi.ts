@@ -68,7 +68,7 @@ export function parseServerJson(text: string): JsonParse {
           type: 'hello',
           sessionId: typeof m.session_id === 'string' ? m.session_id : '',
           transport: m.transport,
-          ...(params !== null && typeof params === 'object' ? { audioParams: params as Partial<AudioParams> } : {}),
+          ...(isObject(params) ? { audioParams: params as Partial<AudioParams> } : {}),
         },
       };
     }
@@ -86,11 +86,15 @@ export function parseServerJson(text: string): JsonParse {
       }
       return { ok: true, message: { type: 'other', original: `tts.${String(m.state)}`, body: m } };
     case 'mcp':
-      return m.payload !== null && typeof m.payload === 'object'
+      return isObject(m.payload)
         ? { ok: true, message: { type: 'mcp', payload: m.payload } }
         : bad('no object "payload"');
   }
   return bad('unreachable');
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 /** The device hello: Opus up, at the rate and frame length the gateway will encode with. */

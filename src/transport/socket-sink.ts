@@ -80,7 +80,6 @@ export class SocketSink {
       if (frame.kind === 'audio') this.dropped.client_gone.inc();
       return;
     }
-    if (frame.kind === 'state') this.lastAudioAt = -1;
     if (this.depth > 0 || this.isOverHighWater()) this.enqueue(frame);
     else if (frame.kind === 'end') this.end(frame);
     else this.send(frame);
@@ -202,6 +201,8 @@ export class SocketSink {
   }
 
   private send(frame: Exclude<QueuedFrame, ClientEnd>): void {
+    // A reply's frame intervals are measured between frames as sent, so its boundary counts as sent too.
+    if (frame.kind === 'state') this.lastAudioAt = -1;
     const audio = frame.kind === 'audio';
     let result: number;
     try {
