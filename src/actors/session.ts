@@ -16,7 +16,7 @@ import {
 } from '../protocol/client.ts';
 import { opusPacketDurationMs, type ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
 import { decodeOpus } from '../streams/decode-opus.ts';
-import { encodeOpus, FLUSH, type UplinkPcm } from '../streams/encode-opus.ts';
+import { encodeOpus, FLUSH, RESET, type UplinkPcm } from '../streams/encode-opus.ts';
 import type { AudioFrame, UpstreamEvent } from '../streams/events.ts';
 import { pace } from '../streams/pace.ts';
 import { parse } from '../streams/parse.ts';
@@ -206,6 +206,7 @@ export class Session extends Actor<SessionMessage> {
         if (message.state === 'start') {
           // Barge-in: speaking over the reply ends it first, as the xiaozhi firmware does.
           if (this.state === 'speaking') this.abortReply();
+          this.uplink?.next(RESET);
           upstream.send({ type: 'listen', state: 'start', mode: message.mode });
           this.setState('listening');
         } else {

@@ -3,8 +3,10 @@ import { defer, finalize, mergeMap, type OperatorFunction } from 'rxjs';
 
 /** Marks the end of an utterance: the partial frame held back is padded with silence and sent. */
 export const FLUSH = Symbol('flush');
+/** Marks the start of an utterance: a partial frame left from the last one is not part of it. */
+export const RESET = Symbol('reset');
 
-export type UplinkPcm = Buffer | typeof FLUSH;
+export type UplinkPcm = Buffer | typeof FLUSH | typeof RESET;
 
 const BITRATE = 24_000;
 const NO_PACKETS: readonly Buffer[] = [];
@@ -13,11 +15,11 @@ const NO_PACKETS: readonly Buffer[] = [];
  * Cuts 16-bit mono PCM chunks of any whole number of samples into `frameMs` frames and encodes each as
  * one Opus packet at `sampleRate` (an Opus packet decodes at any rate, so the upstream's 16 kHz decoder
  * takes it as it is). The remainder waits for the next chunk; FLUSH pads it with silence and sends it.
- * The encoder is the subscriber's own: made on subscribe, released on teardown.
+ * RESET drops it. The encoder is the subscriber's own: made on subscribe, released on teardown.
  *
  * ```
- * source (20 ms chunks, 60 ms frames):  --a--b--c--d--FLUSH--|
- * encodeOpus:                           --------p1-----p2----|
+ * source (20 ms chunks, 60 ms frames):  --a--b--c--d--FLUSH--e--RESET--f--g--h--|
+ * encodeOpus:                           --------p1-----p2-----------------p3----|
  * ```
  */
 export function encodeOpus(sampleRate: number, frameMs: number): OperatorFunction<UplinkPcm, Buffer> {
@@ -32,6 +34,10 @@ export function encodeOpus(sampleRate: number, frameMs: number): OperatorFunctio
       return source.pipe(
         mergeMap((chunk): readonly Buffer[] => {
           if (encoder === undefined) return NO_PACKETS;
+          if (chunk === RESET) {
+            filled = 0;
+            return NO_PACKETS;
+          }
           if (chunk === FLUSH) {
             if (filled === 0) return NO_PACKETS;
             frame.fill(0, filled);
