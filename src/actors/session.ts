@@ -41,6 +41,8 @@ export type SessionMessage =
   /** graceful: finish the reply in progress first (draining); otherwise close now. */
   | { kind: 'shutdown'; graceful: boolean }
   | { kind: 'upstream-failed'; error: unknown }
+  /** An operator of the session's own pipelines threw: they are dead, and so is the session. */
+  | { kind: 'pipeline-failed'; error: unknown }
   | UpstreamEvent;
 
 export type SessionOutcome =
@@ -132,6 +134,7 @@ export class Session extends Actor<SessionMessage> {
     if (m.kind === 'drain') return this.sink?.drain();
     if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
     if (m.kind === 'too-slow') return this.abandon(CloseCode.tooSlow, 'client too slow', 'too_slow');
+    if (m.kind === 'pipeline-failed') return this.failed(m.error, m);
     if (m.kind === 'client-oversized') {
       this.deps.metrics.badMessages.labels('too_large').inc();
       return this.abandon(CloseCode.tooBig, `frame of ${m.bytes} bytes is over the ${this.deps.config.limits.maxFrameBytes}-byte limit`, 'too_large');
@@ -287,7 +290,10 @@ export class Session extends Actor<SessionMessage> {
     });
     if (hello.uplink.codec === 'pcm16') {
       this.uplink = new Subject<UplinkPcm>();
-      this.uplink.pipe(encodeOpus(hello.uplink.sampleRate, hello.uplink.frameMs)).subscribe((packet) => this.sendUplink(packet));
+      this.uplink.pipe(encodeOpus(hello.uplink.sampleRate, hello.uplink.frameMs)).subscribe({
+        next: (packet) => this.sendUplink(packet),
+        error: (error: unknown) => this.post({ kind: 'pipeline-failed', error }),
+      });
     }
     const sink = new SocketSink(
       this.socket,
@@ -304,7 +310,10 @@ export class Session extends Actor<SessionMessage> {
     );
     this.sink = sink;
     const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, (n) => this.abortedFrames.inc(n)) : identity;
-    this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe((frame) => sink.write(frame));
+    this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe({
+      next: (frame) => sink.write(frame),
+      error: (error: unknown) => this.post({ kind: 'pipeline-failed', error }),
+    });
     this.subscribeDownlink();
   }
 
@@ -325,7 +334,7 @@ export class Session extends Actor<SessionMessage> {
   private onUpstreamMessage(message: XiaozhiMessage): void {
     switch (message.type) {
       case 'hello':
-        return this.onUpstreamHello(message.audioParams?.sample_rate ?? UPSTREAM_DEFAULT_RATE);
+        return this.onUpstreamHello(message.sampleRate ?? UPSTREAM_DEFAULT_RATE);
       case 'stt':
         this.emit({ type: 'user_text', text: message.text });
         // In auto and realtime modes the server's VAD ends the utterance, not the client.

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { parseJsonObject } from './json.ts';
 
 // The client protocol, version 1 (../shared/PROTOCOL.md; docs/protocol.md). Pure: parsing answers with
 // a value that says what was wrong, so that a bad message is answered with an error and the session goes on.
@@ -62,16 +63,13 @@ export type ClientParse = { ok: true; message: ClientMessage } | { ok: false; re
 
 /** Parses one client text frame. Unknown fields are ignored, as a newer client may send more. */
 export function parseClientMessage(text: string): ClientParse {
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    return { ok: false, reason: 'not_json', detail: 'text frames must carry one JSON object' };
+  const json = parseJsonObject(text);
+  if (!json.ok) {
+    const detail = json.reason === 'too_deep' ? `a message may not be ${json.detail}` : 'text frames must carry one JSON object';
+    return { ok: false, reason: json.reason === 'too_deep' ? 'bad_field' : 'not_json', detail };
   }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    return { ok: false, reason: 'not_json', detail: 'text frames must carry one JSON object' };
-  }
-  const type = (body as { type?: unknown }).type;
+  const body = json.value;
+  const type = body.type;
   if (typeof type !== 'string') return { ok: false, reason: 'no_type', detail: 'a message needs a string "type"' };
   if (!Object.hasOwn(messageSchemas, type)) return { ok: false, reason: 'unknown_type', detail: `unknown message type "${type.slice(0, 64)}"` };
   const parsed = messageSchemas[type as ClientMessageType].safeParse(body);

@@ -1,3 +1,5 @@
+import { isObject, parseJsonObject } from './json.ts';
+
 // The xiaozhi device protocol (../shared/XIAOZHI.md), as the gateway speaks it to a voice-AI server.
 // Pure: no sockets, no clocks. Parsing never throws on wire input; it answers with a value that says
 // what was wrong, so that one bad message can be counted and skipped without touching anything else.
@@ -25,7 +27,8 @@ export type DeviceMessage =
 
 /** Server → device, after parsing. `other` keeps rare or unknown types so that they can be relayed or counted. */
 export type ServerMessage =
-  | { type: 'hello'; sessionId: string; transport: string; audioParams?: Partial<AudioParams> }
+  /** `sampleRate` only when the server named one an Opus decoder can output. */
+  | { type: 'hello'; sessionId: string; transport: string; sampleRate: number | undefined }
   | { type: 'stt'; text: string }
   | { type: 'llm'; text: string; emotion: string }
   | { type: 'tts'; state: 'start' }
@@ -36,7 +39,9 @@ export type ServerMessage =
 
 export type JsonParse =
   | { ok: true; message: ServerMessage }
-  | { ok: false; reason: 'not_json' | 'not_object' | 'no_type' | 'bad_field'; detail: string };
+  | { ok: false; reason: 'not_json' | 'not_object' | 'too_deep' | 'no_type' | 'bad_field'; detail: string };
+
+const OPUS_RATES = new Set([8000, 12000, 16000, 24000, 48000]);
 
 const KNOWN_TYPES = new Set(['hello', 'stt', 'llm', 'tts', 'mcp']);
 
@@ -45,30 +50,23 @@ const KNOWN_TYPES = new Set(['hello', 'stt', 'llm', 'tts', 'mcp']);
  * whose fields are unusable is an error, because acting on half a message is worse than skipping it.
  */
 export function parseServerJson(text: string): JsonParse {
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    return { ok: false, reason: 'not_json', detail: 'not valid JSON' };
-  }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    return { ok: false, reason: 'not_object', detail: 'not a JSON object' };
-  }
-  const m = body as Record<string, unknown>;
+  const parsed = parseJsonObject(text);
+  if (!parsed.ok) return parsed;
+  const m = parsed.value;
   if (typeof m.type !== 'string') return { ok: false, reason: 'no_type', detail: 'no string "type"' };
   if (!KNOWN_TYPES.has(m.type)) return { ok: true, message: { type: 'other', original: m.type, body: m } };
   const bad = (detail: string): JsonParse => ({ ok: false, reason: 'bad_field', detail: `${m.type}: ${detail}` });
   switch (m.type) {
     case 'hello': {
       if (typeof m.transport !== 'string') return bad('no string "transport"');
-      const params = m.audio_params;
+      const rate = isObject(m.audio_params) ? m.audio_params.sample_rate : undefined;
       return {
         ok: true,
         message: {
           type: 'hello',
           sessionId: typeof m.session_id === 'string' ? m.session_id : '',
           transport: m.transport,
-          ...(isObject(params) ? { audioParams: params as Partial<AudioParams> } : {}),
+          sampleRate: typeof rate === 'number' && OPUS_RATES.has(rate) ? rate : undefined,
         },
       };
     }
@@ -84,17 +82,13 @@ export function parseServerJson(text: string): JsonParse {
       if (m.state === 'sentence_start') {
         return { ok: true, message: { type: 'tts', state: 'sentence_start', text: typeof m.text === 'string' ? m.text : '' } };
       }
-      return { ok: true, message: { type: 'other', original: `tts.${String(m.state)}`, body: m } };
+      return { ok: true, message: { type: 'other', original: typeof m.state === 'string' ? `tts.${m.state}` : 'tts', body: m } };
     case 'mcp':
       return isObject(m.payload)
         ? { ok: true, message: { type: 'mcp', payload: m.payload } }
         : bad('no object "payload"');
   }
   return bad('unreachable');
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
 /** The device hello: Opus up, at the rate and frame length the gateway will encode with. */
@@ -170,14 +164,9 @@ export function encodeBinary(version: ProtocolVersion, payload: Buffer, kind: 'o
 
 /** Parses one JSON text message from a device: what a xiaozhi server (the simulator) reads. */
 export function parseDeviceJson(text: string): { ok: true; message: Record<string, unknown> & { type: string } } | { ok: false; detail: string } {
-  let body: unknown;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    return { ok: false, detail: 'not valid JSON' };
-  }
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) return { ok: false, detail: 'not a JSON object' };
-  const m = body as Record<string, unknown>;
+  const parsed = parseJsonObject(text);
+  if (!parsed.ok) return parsed;
+  const m = parsed.value;
   if (typeof m.type !== 'string') return { ok: false, detail: 'no string "type"' };
   return { ok: true, message: m as Record<string, unknown> & { type: string } };
 }

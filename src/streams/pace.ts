@@ -3,7 +3,8 @@ import type { Outbound } from './to-client.ts';
 
 /**
  * Releases audio at the audio clock's rate for clients with small fixed buffers. Each reply starts by
- * holding `prebufferMs` of audio (or less, if the reply ends or the session's state changes first);
+ * holding `prebufferMs` of audio (or less, if the reply ends or the session's state changes first, or
+ * if audio trickles in so slowly that holding on for longer than `prebufferMs` would only add delay);
  * then frame n leaves at anchor + the duration of the frames before it, against the scheduler's
  * monotonic clock, so timer lateness never adds up. A frame that arrives after its due time by more
  * than a frame's length is an underrun: the clock re-anchors on it instead of bursting to catch up.
@@ -21,9 +22,15 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
     new Observable<Outbound>((subscriber) => {
       let queue: Outbound[] = [];
       let buffering = prebufferMs > 0;
+      let holdingSince = -1;
       let anchor = -1;
       let timer: Subscription | undefined;
       let ended = false;
+
+      const startReply = () => {
+        buffering = prebufferMs > 0;
+        holdingSince = -1;
+      };
 
       // Held audio may start once the prebuffer is full, or once nothing more of this reply can come.
       const prebuffered = (): boolean => {
@@ -42,12 +49,17 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
         while (queue.length > 0) {
           const item = queue[0]!;
           if (item.kind === 'audio') {
+            const now = scheduler.now();
             if (buffering) {
-              if (!prebuffered()) return;
+              if (holdingSince < 0) holdingSince = now;
+              if (!prebuffered() && now - holdingSince < prebufferMs) {
+                timer = scheduler.schedule(release, holdingSince + prebufferMs - now);
+                return;
+              }
               buffering = false;
+              holdingSince = -1;
               anchor = -1;
             }
-            const now = scheduler.now();
             if (anchor < 0 || now - anchor > item.durationMs) anchor = now;
             if (anchor > now) {
               timer = scheduler.schedule(release, anchor - now);
@@ -57,7 +69,7 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
           }
           queue.shift();
           // A state message ends one reply and opens the next: prebuffer again.
-          if (item.kind === 'message' && item.message.type === 'state') buffering = prebufferMs > 0;
+          if (item.kind === 'message' && item.message.type === 'state') startReply();
           subscriber.next(item);
         }
         if (ended) subscriber.complete();
@@ -71,10 +83,14 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
             if (held > 0) onDiscarded(held);
             timer?.unsubscribe();
             timer = undefined;
-            buffering = prebufferMs > 0;
+            startReply();
           }
           queue.push(item);
-          if (timer === undefined) release();
+          // A pending clock timer stands; a pending hold is re-judged, as this item may end it.
+          if (timer === undefined || buffering) {
+            timer?.unsubscribe();
+            release();
+          }
         },
         error: (error: unknown) => subscriber.error(error),
         complete: () => {

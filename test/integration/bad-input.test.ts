@@ -23,6 +23,8 @@ describe('bad client input', () => {
     ['a text whose text is a number', '{"type":"text","text":5}', 'bad_field'],
     ['a listen with an unknown state', '{"type":"listen","state":"sing"}', 'bad_field'],
     ['an mcp whose payload is a string', '{"type":"mcp","payload":"x"}', 'bad_field'],
+    // Deep enough that echoing it back in a pong would throw in JSON.stringify, yet under the frame limit.
+    ['a ping whose id is nested 6000 levels deep', `{"type":"ping","id":${'{"a":'.repeat(6000)}1${'}'.repeat(6000)}}`, 'bad_field'],
   ])('answers %s with bad_message and the session still replies to a text afterwards', async (_name, frame, reason) => {
     const { sim, gw } = await gatewayWithSimulator();
     const client = await res.client(gw.url);

@@ -29,6 +29,14 @@ describe('pace', () => {
     });
   });
 
+  it('stops holding after prebufferMs when audio trickles in slower than real time', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const values = { s: state('speaking'), a: frame(1), b: frame(2) };
+      const source = cold('s 9ms a 299ms b', values);
+      expectObservable(source.pipe(pace(200, () => {}))).toBe('s 209ms a 99ms b', values);
+    });
+  });
+
   it('re-anchors on a frame that arrives after an underrun instead of bursting', () => {
     scheduler().run(({ cold, expectObservable }) => {
       const values = { a: frame(1), b: frame(2), c: frame(3) };

@@ -28,7 +28,7 @@ function failure(text: string): Extract<JsonParse, { ok: false }> {
 }
 
 describe('parseServerJson: the server messages of XIAOZHI.md', () => {
-  it('reads a server hello with its session id, transport and audio params', () => {
+  it('reads a server hello with its session id, transport and sample rate', () => {
     const text = JSON.stringify({
       type: 'hello',
       version: 1,
@@ -40,12 +40,26 @@ describe('parseServerJson: the server messages of XIAOZHI.md', () => {
       type: 'hello',
       sessionId: 'abc-123',
       transport: 'websocket',
-      audioParams: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 },
+      sampleRate: 24000,
     });
   });
 
-  it('reads a hello without session id as an empty session id and without audio params as none', () => {
-    expect(message('{"type":"hello","transport":"websocket"}')).toEqual({ type: 'hello', sessionId: '', transport: 'websocket' });
+  it('reads a hello without session id as an empty session id and without audio params as no sample rate', () => {
+    expect(message('{"type":"hello","transport":"websocket"}')).toEqual({ type: 'hello', sessionId: '', transport: 'websocket', sampleRate: undefined });
+  });
+
+  it.each([['"fast"'], ['0'], ['44100'], ['null'], ['[24000]']])('ignores a hello sample rate of %s that no Opus decoder outputs', (rate) => {
+    const text = `{"type":"hello","transport":"websocket","audio_params":{"sample_rate":${rate}}}`;
+    expect(message(text)).toMatchObject({ type: 'hello', sampleRate: undefined });
+  });
+
+  it('reads a tts state that is not a string as an unknown tts message, without throwing', () => {
+    expect(message('{"type":"tts","state":{"toString":1}}')).toMatchObject({ type: 'other', original: 'tts' });
+  });
+
+  it('refuses JSON nested deeper than 32 levels', () => {
+    const deep = '{"type":"mcp","payload":' + '{"a":'.repeat(40) + '1' + '}'.repeat(40) + '}';
+    expect(parseServerJson(deep)).toMatchObject({ ok: false, reason: 'too_deep' });
   });
 
   it('reads stt as the user text', () => {
@@ -147,7 +161,7 @@ describe('parseServerJson: malformed input', () => {
     fc.assert(
       fc.property(fc.oneof(fc.jsonValue(), shaped), (value) => {
         const parsed = parseServerJson(JSON.stringify(value) ?? 'null');
-        if (!parsed.ok) expect(['not_json', 'not_object', 'no_type', 'bad_field']).toContain(parsed.reason);
+        if (!parsed.ok) expect(['not_json', 'not_object', 'too_deep', 'no_type', 'bad_field']).toContain(parsed.reason);
       }),
     );
   });
@@ -155,16 +169,16 @@ describe('parseServerJson: malformed input', () => {
 
 describe('isAcceptableHello', () => {
   it('accepts a hello over websocket', () => {
-    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'websocket' })).toBe(true);
+    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'websocket', sampleRate: undefined })).toBe(true);
   });
 
   it('accepts a hello with any session id, even an empty one', () => {
-    expect(isAcceptableHello({ type: 'hello', sessionId: '', transport: 'websocket' })).toBe(true);
+    expect(isAcceptableHello({ type: 'hello', sessionId: '', transport: 'websocket', sampleRate: undefined })).toBe(true);
   });
 
   it('refuses a hello over another transport', () => {
-    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'udp' })).toBe(false);
-    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'WebSocket' })).toBe(false);
+    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'udp', sampleRate: undefined })).toBe(false);
+    expect(isAcceptableHello({ type: 'hello', sessionId: 's', transport: 'WebSocket', sampleRate: undefined })).toBe(false);
   });
 
   it('refuses anything that is not a hello', () => {

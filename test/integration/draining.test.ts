@@ -1,0 +1,154 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadSpeech } from '../../src/sim/speech.ts';
+import { closedPort, expectedReplyShape, httpGet, isError, isState, poll, Resources, shapeOf, type TestClient } from '../support/gateway.ts';
+
+// The real process: `node --import tsx src/main.ts`, SIGTERM and all. Its upstream is a simulator run
+// here, paced as xiaozhi-esp32-server paces speech, so that a reply takes about seven seconds.
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const speech = loadSpeech();
+const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
+/** How long the child may take to start, and to exit once it should. */
+const START_MS = 15_000;
+const EXIT_MS = 5_000;
+
+interface Child {
+  process: ChildProcess;
+  port: number;
+  url: string;
+  output: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const res = new Resources();
+const children: ChildProcess[] = [];
+afterEach(async () => {
+  for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  await res.dispose();
+});
+
+/** Rejects naming `what` unless `promise` settles within `ms`. */
+function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Starts the gateway on a free loopback port in front of `upstreamUrl`; resolves once it listens. */
+async function startGatewayProcess(upstreamUrl: string, env: Record<string, string>): Promise<Child> {
+  const port = await closedPort();
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), UPSTREAM_URL: upstreamUrl, LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  const run: Child = {
+    process: child,
+    port,
+    url: `ws://127.0.0.1:${port}/v1/voice`,
+    output: '',
+    exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
+  };
+  const listening = new Promise<void>((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      run.output += d.toString('utf8');
+      if (run.output.includes('"voicegw listening"')) resolve();
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    void run.exited.then(({ code }) => reject(new Error(`the gateway exited (${code}) before listening:\n${run.output}`)));
+  });
+  await within(START_MS, 'the gateway to listen', listening);
+  return run;
+}
+
+/** Connects, says hello, asks for a reply and resolves once its first audio frame has arrived. */
+async function replyUnderWay(url: string): Promise<TestClient> {
+  const client = await res.client(url);
+  await client.hello();
+  client.send({ type: 'text', text: 'Tell me a story' });
+  await within(10_000, 'the first audio frame', client.until((r) => r.binary.length > 0));
+  return client;
+}
+
+/** What the client received after the gateway's hello and its first `state ready`. */
+const afterHello = (client: TestClient) => client.received.order.slice(2);
+
+describe('draining on SIGTERM', () => {
+  it('stops accepting, lets the reply in progress finish whole, then closes it with 1001 and exits 0', async () => {
+    const sim = await res.simulator({ pacing: 'xiaozhi' });
+    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: '20000' });
+    const client = await replyUnderWay(gw.url);
+    gw.process.kill('SIGTERM');
+    const sigtermAt = performance.now();
+
+    const readyz = await poll(() => httpGet(gw.port, '/readyz'), (r) => r.status === 503, 5000);
+    expect(readyz.status).toBe(503);
+    const late = await within(5000, 'a new client to connect', res.client(gw.url));
+    const refused = await within(5000, 'the new client to be refused', late.closed);
+    expect(refused.code).toBe(1013);
+    expect(late.received.order).toEqual([{ type: 'error', code: 'overloaded', message: expect.any(String) }]);
+
+    const closed = await within(20_000, 'the session to be closed', client.closed);
+    const closedAt = performance.now();
+    const exited = await within(EXIT_MS, 'the gateway to exit', gw.exited);
+
+    console.info(`drain: reply finished and closed ${(closedAt - sigtermAt).toFixed(0)} ms after SIGTERM`);
+    expect(afterHello(client).map(shapeOf)).toEqual(expectedReplyShape(speech.sentences));
+    expect(client.received.binary).toHaveLength(REPLY_FRAMES);
+    expect(closed.code).toBe(1001);
+    expect(exited).toEqual({ code: 0, signal: null });
+    // The reply went on for seconds after SIGTERM: it was let finish, not cut.
+    expect(closedAt - sigtermAt).toBeGreaterThan(2000);
+    expect(client.errors).toEqual([]);
+  }, 40_000);
+
+  it('cuts the reply in progress at DRAIN_DEADLINE_MS with 1001, then exits 0', async () => {
+    const sim = await res.simulator({ pacing: 'xiaozhi' });
+    const deadlineMs = 500;
+    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: String(deadlineMs) });
+    const client = await replyUnderWay(gw.url);
+    gw.process.kill('SIGTERM');
+    const sigtermAt = performance.now();
+    const closed = await within(5000, 'the session to be closed', client.closed);
+    const closedAt = performance.now();
+    const exited = await within(EXIT_MS, 'the gateway to exit', gw.exited);
+
+    console.info(`drain deadline ${deadlineMs} ms: closed ${(closedAt - sigtermAt).toFixed(0)} ms after SIGTERM with ${client.received.binary.length}/${REPLY_FRAMES} frames`);
+    expect(closed.code).toBe(1001);
+    expect(closedAt - sigtermAt).toBeGreaterThanOrEqual(deadlineMs - 100);
+    expect(closedAt - sigtermAt).toBeLessThan(deadlineMs + 2500);
+    expect(client.received.binary.length).toBeGreaterThan(0);
+    expect(client.received.binary.length).toBeLessThan(REPLY_FRAMES);
+    // Cut mid-reply: speaking, and never ready again.
+    const shapes = afterHello(client).map(shapeOf);
+    expect(shapes).toContain('state speaking');
+    expect(shapes).not.toContain('state ready');
+    expect(exited).toEqual({ code: 0, signal: null });
+  }, 40_000);
+
+  it('closes a session between replies with 1001 at once, then exits 0', async () => {
+    const sim = await res.simulator({ pacing: 'xiaozhi' });
+    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: '20000' });
+    const client = await res.client(gw.url);
+    await client.hello();
+    gw.process.kill('SIGTERM');
+    const sigtermAt = performance.now();
+    const closed = await within(5000, 'the session to be closed', client.closed);
+    const closedAt = performance.now();
+    const exited = await within(EXIT_MS, 'the gateway to exit', gw.exited);
+
+    console.info(`drain, idle session: closed ${(closedAt - sigtermAt).toFixed(0)} ms after SIGTERM`);
+    expect(closed.code).toBe(1001);
+    expect(closedAt - sigtermAt).toBeLessThan(1500);
+    expect(afterHello(client)).toEqual([]);
+    expect(client.received.json.filter(isError('overloaded'))).toEqual([]);
+    expect(client.received.json.filter(isState('ready'))).toHaveLength(1);
+    expect(exited).toEqual({ code: 0, signal: null });
+  }, 40_000);
+});
