@@ -219,6 +219,8 @@ export class Session extends Actor<SessionMessage> {
         }
         return;
       case 'text':
+        // Typing over the reply interrupts it too, as a new utterance does upstream.
+        if (this.state === 'speaking') this.abortReply();
         upstream.send({ type: 'listen', state: 'detect', text: message.text });
         this.inputEnded();
         return;

@@ -53,7 +53,7 @@ import {
   UTTERANCE_PATH,
   type Pcm,
 } from '../support/audio.ts';
-import { decodeReference, isError, isState, metricSum, metricValue, Resources, shapeOf, type Received, type TestClient } from '../support/gateway.ts';
+import { decodeReference, expectedReplyShape, isError, isState, metricSum, metricValue, Resources, shapeOf, type Received, type TestClient } from '../support/gateway.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const speech = loadSpeech();
@@ -368,6 +368,30 @@ describe('abort and barge-in', () => {
     const aborted = metricValue(await metrics(gw), 'voicegw_frames_dropped_total', 'reason="aborted"');
     const upstream = metricValue(await metrics(gw), 'voicegw_upstream_frames_total');
     expect(client.received.binary.length + aborted).toBe(upstream);
+  });
+});
+
+describe('typing over a reply', () => {
+  it('aborts the reply upstream before the new text, and goes straight from processing to the new reply with no stale state ready or audio', async () => {
+    const { sim, gw } = await echoGateway({ speech: shortSpeech, pacing: 'xiaozhi' });
+    const client = await res.client(gw.url);
+    await client.hello();
+    client.send({ type: 'text', text: 'Tell me a story' });
+    await client.until((r) => r.binary.length > 0);
+    const interruptAt = client.received.order.length;
+    client.send({ type: 'text', text: 'Actually, a joke' });
+    await client.next(isState('processing'), client.received.json.length);
+    const processingAt = client.received.order.findIndex((m, i) => i >= interruptAt && m !== 'audio' && m.type === 'state' && m.state === 'processing');
+    await client.until((r) => replyEnd(r.order, processingAt) >= 0);
+    const after = client.received.order.slice(processingAt, replyEnd(client.received.order, processingAt) + 1);
+
+    expect(after.map(shapeOf)).toEqual(['state processing', ...expectedReplyShape(shortSpeech.sentences).slice(1)]);
+    expect(sim.sessions[0]!.received.json.map((m) => `${String(m.type)} ${String(m.state ?? '')}`.trim())).toEqual([
+      'hello',
+      'listen detect',
+      'abort',
+      'listen detect',
+    ]);
   });
 });
 

@@ -57,7 +57,7 @@ async function waitForMetrics(gw: TestGateway, what: string, test: (text: string
   return text;
 }
 
-/** Sent on the wire and counted by the gateway when handled: upstream frames so far. */
+/** Audio frames the gateway has taken from the upstream so far. */
 const upstreamFrames = (text: string) => metricValue(text, 'voicegw_upstream_frames_total');
 
 /**
@@ -154,6 +154,8 @@ const repliesOver = (text: string) => metricValue(text, 'voicegw_upstream_unknow
 
 describe('flow control', () => {
   it('keeps a healthy client whole and on time beside a client that stops reading, drops only the slow client’s oldest audio, and accounts for every frame', async () => {
+    // No delay before `tts stop`: a reply is over at the simulator once its frames are counted, so that
+    // the slow client's next text does not land on its tail (which the simulator would take as an abort).
     const sim = await res.simulator({ stopDelayMs: 0 });
     const queueLimitMs = 600;
     const gw = await res.gateway({ UPSTREAM_URL: sim.url, SOCKET_HIGH_WATER_BYTES: '16384', QUEUE_LIMIT_MS: String(queueLimitMs) });
@@ -388,6 +390,7 @@ describe('flow control', () => {
       const id = ++pings;
       talker.send({ type: 'ping', id });
       await talker.next((m) => m.type === 'pong' && m.id === id);
+      // The talker's own rhythm (4 messages a second), not a wait for anything.
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
     const close = await silentClosed;
