@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { parseJsonObject } from './json.ts';
+import { isObject, parseJsonObject } from './json.ts';
 
 // The client protocol, version 1 (../shared/PROTOCOL.md; docs/protocol.md). Pure: parsing answers with
 // a value that says what was wrong, so that a bad message is answered with an error and the session goes on.
@@ -52,7 +52,8 @@ const messageSchemas = {
   listen: listenSchema,
   text: z.object({ type: z.literal('text'), text: z.string().min(1).max(4096) }),
   abort: z.object({ type: z.literal('abort') }),
-  mcp: z.object({ type: z.literal('mcp'), payload: z.record(z.string(), z.unknown()) }),
+  // Not z.record: it reads `payload.constructor.prototype`, which a JSON key "constructor" makes throw.
+  mcp: z.object({ type: z.literal('mcp'), payload: z.custom<Record<string, unknown>>(isObject, { message: 'expected a JSON object' }) }),
   ping: z.object({ type: z.literal('ping'), id: z.unknown() }),
 } as const;
 

@@ -178,6 +178,16 @@ describe('parseClientMessage: the other client messages', () => {
     expect(accepted({ type: 'mcp', payload })).toEqual({ type: 'mcp', payload });
   });
 
+  it.each(['{"constructor":null}', '{"constructor":"x","prototype":1}', '{"__proto__":{"polluted":true}}'])(
+    'reads an mcp payload with JavaScript-ish keys %s as the plain JSON object it is',
+    (payload) => {
+      const parsed = parseClientMessage(`{"type":"mcp","payload":${payload}}`);
+      expect(parsed.ok).toBe(true);
+      expect(JSON.stringify(parsed.ok && parsed.message.type === 'mcp' ? parsed.message.payload : undefined)).toBe(payload);
+      expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    },
+  );
+
   it.each([{}, { payload: null }, { payload: [] }, { payload: 'x' }, { payload: 3 }])('refuses mcp %j: its payload must be an object', (fields) => {
     const parsed = parse({ type: 'mcp', ...fields });
     expect(parsed).toMatchObject({ ok: false, reason: 'bad_field' });
