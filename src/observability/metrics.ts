@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration } from 'prom-client';
 
 // Every metric of the gateway, defined once (names as in DESIGN.md). Never a per-session label: a
 // session's children are cached by the session itself so that the hot path does no label lookups.
@@ -13,12 +13,48 @@ const QUEUE_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100, 200];
 export type DropReason = 'aborted' | 'too_slow' | 'client_gone';
 export type FailReason = 'closed' | 'backpressure_limit';
 
+/** A counter bumped once per audio frame: the hot path adds to a plain number, read at scrape time. */
+export interface FrameCounter {
+  n: number;
+}
+
+/**
+ * A prom-client counter whose values live in FrameCounter cells, one per label set: prom-client's own
+ * inc() hashes and validates its labels on every call, which is too much for once per frame.
+ */
+function frameCounter<T extends string>(config: CounterConfiguration<T>) {
+  const cells = new Map<string, { labels: Partial<Record<T, string>>; cell: FrameCounter }>();
+  const counter = new Counter<T>({
+    ...config,
+    collect() {
+      this.reset();
+      for (const { labels, cell } of cells.values()) this.inc(labels, cell.n);
+    },
+  });
+  return Object.assign(counter, {
+    /** The cell for these label values, in the order of labelNames. */
+    cell(...values: string[]): FrameCounter {
+      const key = values.join('\u0000');
+      let entry = cells.get(key);
+      if (entry === undefined) {
+        const names = (config.labelNames ?? []) as readonly T[];
+        entry = { labels: Object.fromEntries(names.map((name, i) => [name, values[i]])) as Partial<Record<T, string>>, cell: { n: 0 } };
+        cells.set(key, entry);
+      }
+      return entry.cell;
+    },
+  });
+}
+
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const registry = new Registry();
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'voicegw_' });
   const registers = [registry];
+  /** Every live socket sink, so that the queue depth is summed at scrape time, not kept per frame. */
+  const queues = new Set<{ readonly depth: number }>();
   return {
     registry,
+    queues,
     sessionsActive: new Gauge({ name: 'voicegw_sessions_active', help: 'Client sessions open now', registers }),
     sessionsTotal: new Counter({
       name: 'voicegw_sessions_total',
@@ -26,7 +62,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['outcome'] as const,
       registers,
     }),
-    framesPushed: new Counter({
+    framesPushed: frameCounter({
       name: 'voicegw_frames_pushed_total',
       help: 'Audio frames handed to a client socket',
       labelNames: ['codec', 'transport'] as const,
@@ -44,10 +80,19 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['reason'] as const,
       registers,
     }),
-    queueDepth: new Gauge({ name: 'voicegw_queue_depth_frames', help: 'Frames waiting in front of client sockets, all sessions', registers }),
+    queueDepth: new Gauge({
+      name: 'voicegw_queue_depth_frames',
+      help: 'Frames waiting in front of client sockets, all sessions',
+      registers,
+      collect() {
+        let depth = 0;
+        for (const queue of queues) depth += queue.depth;
+        this.set(depth);
+      },
+    }),
     sessionQueueDepth: new Histogram({
       name: 'voicegw_session_queue_depth_frames',
-      help: "A session's queue depth, observed at each enqueue",
+      help: "A session's queue depth, observed whenever frames are left waiting for the socket to drain",
       buckets: QUEUE_BUCKETS,
       registers,
     }),
@@ -56,7 +101,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: "Times a client socket's buffered amount crossed the high-water mark",
       registers,
     }),
-    upstreamFrames: new Counter({ name: 'voicegw_upstream_frames_total', help: 'Opus packets received from the upstream', registers }),
+    upstreamFrames: frameCounter({ name: 'voicegw_upstream_frames_total', help: 'Opus packets received from the upstream', registers }),
     decodeErrors: new Counter({ name: 'voicegw_decode_errors_total', help: 'Upstream Opus packets that failed to decode', registers }),
     concealedFrames: new Counter({
       name: 'voicegw_concealed_frames_total',

@@ -1,5 +1,5 @@
 import type { ClientEnd, ClientFrame } from '../protocol/client.ts';
-import type { DropReason, FailReason, Metrics } from '../observability/metrics.ts';
+import type { DropReason, FailReason, FrameCounter, Metrics } from '../observability/metrics.ts';
 
 /** The part of a uWS WebSocket the sink uses. */
 export interface ClientSocket {
@@ -7,6 +7,8 @@ export interface ClientSocket {
   send(data: Buffer | string, isBinary: boolean): number;
   getBufferedAmount(): number;
   end(code: number, reason: string): void;
+  /** Sends made inside `fn` leave in one write to the kernel. */
+  cork(fn: () => void): unknown;
 }
 
 export interface SinkOptions {
@@ -26,6 +28,8 @@ export interface SinkOptions {
    */
   onTooSlow: (what: 'dropping' | 'gave-up') => void;
   now?: () => number;
+  /** Runs the flush at the end of this turn; tests run it when they choose. */
+  schedule?: (flush: () => void) => void;
 }
 
 const DROPPED_BY_SOCKET = 2;
@@ -33,10 +37,11 @@ const DROPPED_BY_SOCKET = 2;
 type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }>;
 
 /**
- * The one place backpressure lives (RxJS has none). Frames go straight to the socket while its buffered
- * amount is under the high-water mark; above it they wait here, in order, until `drain`. Every audio
- * frame ends in exactly one of pushed, dropped (with reason) or failed (with reason). A closed socket is
- * never touched: uWS throws on that.
+ * The one place backpressure lives (RxJS has none). Frames written in one turn of the event loop (all
+ * the packets of one upstream read, say) leave together, corked into one write to the kernel, at the
+ * end of that turn; they go straight to the socket while its buffered amount is under the high-water
+ * mark, and above it wait here, in order, until `drain`. Every audio frame ends in exactly one of
+ * pushed, dropped (with reason) or failed (with reason). A closed socket is never touched: uWS throws.
  */
 export class SocketSink {
   private queue: QueuedFrame[] = [];
@@ -48,8 +53,10 @@ export class SocketSink {
   private lastAudioAt = -1;
   private inputEndedAt = -1;
   private tooSlowReported = false;
+  private flushing = false;
   private readonly now: () => number;
-  private readonly pushed;
+  private readonly schedule: (flush: () => void) => void;
+  private readonly pushed: FrameCounter;
   private readonly dropped: Record<DropReason, { inc(n?: number): void }>;
   private readonly failed: Record<FailReason, { inc(n?: number): void }>;
 
@@ -59,7 +66,9 @@ export class SocketSink {
     private readonly metrics: Metrics,
   ) {
     this.now = options.now ?? performance.now.bind(performance);
-    this.pushed = metrics.framesPushed.labels(options.codec, options.transport);
+    this.schedule = options.schedule ?? queueMicrotask;
+    this.pushed = metrics.framesPushed.cell(options.codec, options.transport);
+    metrics.queues.add(this);
     const d = metrics.framesDropped;
     this.dropped = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
     const f = metrics.sendFailures;
@@ -80,17 +89,30 @@ export class SocketSink {
       if (frame.kind === 'audio') this.dropped.client_gone.inc();
       return;
     }
-    if (this.depth > 0 || this.isOverHighWater()) this.enqueue(frame);
-    else if (frame.kind === 'end') this.end(frame);
-    else this.send(frame);
+    this.enqueue(frame);
+    if (!this.flushing && !this.closed) {
+      this.flushing = true;
+      this.schedule(this.flush);
+    }
   }
+
+  /** Sends what this turn wrote, in one corked write; what the socket cannot take now waits, bounded. */
+  readonly flush = (): void => {
+    this.flushing = false;
+    if (this.closed || this.depth === 0) return;
+    this.socket.cork(this.drainQueue);
+    if (this.depth > 0 && !this.closed) this.bound();
+  };
 
   /** The socket drained some of its buffer: send what waits, as far as the high-water mark allows. */
   drain(): void {
+    this.drainQueue();
+  }
+
+  private readonly drainQueue = (): void => {
     while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
       const frame = this.queue[this.head]!;
       this.queue[this.head++] = undefined as never;
-      this.metrics.queueDepth.dec();
       if (frame.kind === 'audio') {
         this.queuedAudio--;
         this.queuedMs -= frame.durationMs;
@@ -99,7 +121,8 @@ export class SocketSink {
       else this.send(frame);
     }
     if (this.depth === 0) this.resetQueue();
-  }
+    else if (!this.closed) this.metrics.sessionQueueDepth.observe(this.depth);
+  };
 
   /** Discards every queued audio frame at once (abort); text stays, in order. Returns how many went. */
   dropAudio(reason: DropReason): number {
@@ -110,7 +133,6 @@ export class SocketSink {
       if (frame.kind !== 'audio') kept.push(frame);
     }
     const n = this.queuedAudio;
-    this.metrics.queueDepth.dec(n);
     this.dropped[reason].inc(n);
     this.queue = kept;
     this.head = 0;
@@ -129,8 +151,8 @@ export class SocketSink {
   close(reason: DropReason = 'client_gone'): void {
     if (this.closed) return;
     this.closed = true;
+    this.metrics.queues.delete(this);
     const audio = this.queuedAudio;
-    this.metrics.queueDepth.dec(this.depth);
     if (audio > 0) this.dropped[reason].inc(audio);
     this.queue = [];
     this.head = 0;
@@ -156,18 +178,19 @@ export class SocketSink {
 
   private enqueue(frame: QueuedFrame): void {
     if (frame.kind === 'audio') {
-      while (this.queuedAudio > 0 && this.queuedMs + frame.durationMs > this.options.queueLimitMs) {
-        if (this.options.policy === 'close') return this.giveUp(frame);
-        this.dropOldestAudio();
-      }
       this.queuedAudio++;
       this.queuedMs += frame.durationMs;
-    } else if (this.depth - this.queuedAudio >= this.options.maxQueuedMessages) {
-      return this.giveUp(frame);
     }
     this.queue.push(frame);
-    this.metrics.queueDepth.inc();
-    this.metrics.sessionQueueDepth.observe(this.depth);
+  }
+
+  /** Applies the slow-client policy to what is left waiting for the socket (the newest frame always stays). */
+  private bound(): void {
+    if (this.depth - this.queuedAudio > this.options.maxQueuedMessages) return this.giveUp();
+    while (this.queuedAudio > 1 && this.queuedMs > this.options.queueLimitMs) {
+      if (this.options.policy === 'close') return this.giveUp();
+      this.dropOldestAudio();
+    }
   }
 
   private dropOldestAudio(): void {
@@ -177,7 +200,6 @@ export class SocketSink {
       this.queue.splice(i, 1);
       this.queuedAudio--;
       this.queuedMs -= frame.durationMs;
-      this.metrics.queueDepth.dec();
       this.dropped.too_slow.inc();
       if (!this.tooSlowReported) {
         this.tooSlowReported = true;
@@ -187,9 +209,8 @@ export class SocketSink {
     }
   }
 
-  /** The frame in hand is dropped with the rest: the owner closes the session from the callback. */
-  private giveUp(frame: QueuedFrame): void {
-    if (frame.kind === 'audio') this.dropped.too_slow.inc();
+  /** What waits is dropped as too_slow; the owner closes the session from the callback. */
+  private giveUp(): void {
     this.close('too_slow');
     this.options.onTooSlow('gave-up');
   }
@@ -217,7 +238,7 @@ export class SocketSink {
       this.failed.backpressure_limit.inc();
       return;
     }
-    this.pushed.inc();
+    this.pushed.n++;
     const now = this.now();
     this.metrics.frameLatency.observe((now - frame.arrivedAt) / 1000);
     if (this.lastAudioAt >= 0) this.metrics.frameInterval.observe((now - this.lastAudioAt) / 1000);
