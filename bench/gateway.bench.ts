@@ -1,7 +1,8 @@
 // npm run bench: the gateway's CPU time per delivered audio frame, set against the bare libopus decode
 // cost measured in the same run, and against a plain `ws` relay (bench/ws-relay.ts). See bench/README.md.
 //
-// Knobs (defaults = the reported configuration; README.md says more): BENCH_SESSIONS=200,
+// Knobs (defaults = the reported configuration; README.md says more): BENCH_PACING=xiaozhi,burst (the
+// upstream traffic shapes to run, in order), BENCH_SESSIONS=200,
 // BENCH_WARMUP_S=6, BENCH_WINDOW_S=20, BENCH_ONLY=gateway|ws-relay, BENCH_CHILD_FLAGS (extra node flags
 // for the children), BENCH_PERF=0|1 (libopus's share of each child's CPU, from perf; on where perf is
 // installed), BENCH_NICE=-10.
@@ -23,6 +24,12 @@ const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 200);
 const WARMUP_S = Number(process.env.BENCH_WARMUP_S ?? 6);
 const WINDOW_S = Number(process.env.BENCH_WINDOW_S ?? 20);
 const ONLY = process.env.BENCH_ONLY;
+/**
+ * xiaozhi: as xiaozhi-esp32-server paces speech (5 frames at once, then one per 60 ms): one upstream read
+ * and one client write per frame, the production shape. burst: whole sentences at once, as other servers
+ * send them: many frames per read and per (corked) write, so the relay's own work shows.
+ */
+const PACINGS = (process.env.BENCH_PACING ?? 'xiaozhi,burst').split(',') as ('xiaozhi' | 'burst')[];
 const CHILD_FLAGS = (process.env.BENCH_CHILD_FLAGS ?? '').split(' ').filter((f) => f !== '');
 /** On by default where perf exists: the in-process libopus share is the figure other load skews least. */
 const PERF = process.env.BENCH_PERF === undefined ? sh('command -v perf') !== '' : process.env.BENCH_PERF === '1';
@@ -259,6 +266,7 @@ class BenchClient {
 
 interface Result {
   name: string;
+  pacing: 'xiaozhi' | 'burst';
   usPerFrame: number;
   frames: number;
   seconds: number;
@@ -275,7 +283,7 @@ interface Result {
   totals: Totals;
 }
 
-async function measure(name: string, script: string, upstreamUrl: string, expected: number): Promise<Result> {
+async function measure(name: string, script: string, upstreamUrl: string, expected: number, pacing: Result['pacing']): Promise<Result> {
   const { child, port, tail } = await startChild(script, upstreamUrl);
   const totals: Totals = { windowFrames: 0, repliesOk: 0, repliesBad: 0, missingFrames: 0, extraFrames: 0, errors: [], latencies: [] };
   const window = { open: false };
@@ -326,6 +334,7 @@ async function measure(name: string, script: string, upstreamUrl: string, expect
     const pct = (p: number) => (lat.length > 0 ? lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]! : NaN);
     return {
       name,
+      pacing,
       usPerFrame: (cpu * 1e6) / totals.windowFrames,
       frames: totals.windowFrames,
       seconds,
@@ -348,7 +357,7 @@ async function main(): Promise<void> {
   const started = Date.now();
   if (NICE) setPriority(Number(NICE)); // throws without the privilege: better than a silently different setup
   const nproc = sh('nproc');
-  console.log(`voicegw bench: ${SESSIONS} sessions, warm-up ${WARMUP_S} s, window ${WINDOW_S} s, nproc ${nproc}, node ${process.version}`);
+  console.log(`voicegw bench: ${SESSIONS} sessions, pacing ${PACINGS.join(' then ')}, warm-up ${WARMUP_S} s, window ${WINDOW_S} s, nproc ${nproc}, node ${process.version}`);
 
   const decodeOne = bareDecodeUs(1, 5);
   // The per-session baseline is measured before, between and after the runs, and its median taken: on a
@@ -356,50 +365,53 @@ async function main(): Promise<void> {
   const decodeEach = [bareDecodeUs(SESSIONS, 3)];
   console.log(`bare decode: ${decodeOne.toFixed(1)} µs/frame (1 decoder), ${decodeEach[0]!.toFixed(1)} µs/frame (${SESSIONS} decoders)`);
 
-  // The simulator runs here, with the realistic xiaozhi pacing (5 frames at once, then one per 60 ms).
-  const sim = await startSimulator({ pacing: 'xiaozhi' });
-  // Time-stamps each audio packet the simulator sends, for frame latency. This reaches into the
-  // simulator's private socket: if that changes, latency is simply not reported.
-  sim.on('session', (s: SimSession) => {
-    const q = { t: [] as number[], head: 0 };
-    sentAt.set(s.headers['client-id'] ?? '', q);
-    const ws = (s as unknown as { ws?: WebSocket }).ws;
-    if (typeof ws?.send !== 'function') return;
-    const send = ws.send.bind(ws) as (data: unknown, ...rest: unknown[]) => void;
-    (ws as unknown as { send: typeof send }).send = (data, ...rest) => {
-      if (Buffer.isBuffer(data)) q.t.push(performance.now());
-      send(data, ...rest);
-    };
-  });
-  const expected = sim.replyFrames();
-
   const results: Result[] = [];
   let failed = false;
-  try {
-    for (const [name, script] of [
-      ['gateway', 'src/main.ts'],
-      ['ws-relay', 'bench/ws-relay.ts'],
-    ] as const) {
-      if (ONLY !== undefined && ONLY !== name) continue;
-      const r = await measure(name, script, sim.url, expected);
-      results.push(r);
-      const t = r.totals;
-      console.log(
-        `${name}: ${r.usPerFrame.toFixed(1)} µs/frame; ${r.frames} frames in ${r.seconds.toFixed(1)} s; child CPU ${r.childCpuPct.toFixed(0)}% ` +
-          `(${(r.sysShare * 100).toFixed(0)}% kernel), bench ${r.benchCpuPct.toFixed(0)}%, other load ${r.otherCores.toFixed(2)} cores; ` +
-          `replies ok ${t.repliesOk}, wrong ${t.repliesBad} (missing ${t.missingFrames}, extra ${t.extraFrames} frames)`,
-      );
-      if (t.repliesBad > 0 || t.errors.length > 0 || r.frames === 0) {
-        failed = true;
-        console.error(`${name} FAILED: ${t.repliesBad} wrong replies; ${[...new Set(t.errors)].slice(0, 5).join('; ')}`);
+  let expected = 0;
+  for (const pacing of PACINGS) {
+    const sim = await startSimulator({ pacing });
+    // Time-stamps each audio packet the simulator sends, for frame latency. This reaches into the
+    // simulator's private socket: if that changes, latency is simply not reported.
+    sim.on('session', (s: SimSession) => {
+      const q = { t: [] as number[], head: 0 };
+      sentAt.set(s.headers['client-id'] ?? '', q);
+      const ws = (s as unknown as { ws?: WebSocket }).ws;
+      if (typeof ws?.send !== 'function') return;
+      const send = ws.send.bind(ws) as (data: unknown, ...rest: unknown[]) => void;
+      (ws as unknown as { send: typeof send }).send = (data, ...rest) => {
+        if (Buffer.isBuffer(data)) q.t.push(performance.now());
+        send(data, ...rest);
+      };
+    });
+    expected = sim.replyFrames();
+    try {
+      for (const [name, script] of [
+        ['gateway', 'src/main.ts'],
+        ['ws-relay', 'bench/ws-relay.ts'],
+      ] as const) {
+        if (ONLY !== undefined && ONLY !== name) continue;
+        const r = await measure(`${name}, ${pacing}`, script, sim.url, expected, pacing);
+        results.push(r);
+        const t = r.totals;
+        console.log(
+          `${r.name}: ${r.usPerFrame.toFixed(1)} µs/frame; ${r.frames} frames in ${r.seconds.toFixed(1)} s; child CPU ${r.childCpuPct.toFixed(0)}% ` +
+            `(${(r.sysShare * 100).toFixed(0)}% kernel), bench ${r.benchCpuPct.toFixed(0)}%, other load ${r.otherCores.toFixed(2)} cores; ` +
+            `replies ok ${t.repliesOk}, wrong ${t.repliesBad} (missing ${t.missingFrames}, extra ${t.extraFrames} frames)`,
+        );
+        if (t.repliesBad > 0 || t.errors.length > 0 || r.frames === 0) {
+          failed = true;
+          console.error(`${r.name} FAILED: ${t.repliesBad} wrong replies; ${[...new Set(t.errors)].slice(0, 5).join('; ')}`);
+        }
+        const pace = r.frames / r.seconds / realTimeRate();
+        if (pacing === 'xiaozhi' && pace < 0.9) {
+          console.warn(`warning: ${r.name} delivered ${(pace * 100).toFixed(0)}% of the real-time rate: it (or the bench) fell behind, so its figure is not comparable`);
+        }
+        if (r.benchCpuPct > 90) console.warn(`warning: the bench process was near saturation (${r.benchCpuPct.toFixed(0)}%): move the simulator to a child`);
+        decodeEach.push(bareDecodeUs(SESSIONS, 3));
       }
-      const pace = r.frames / r.seconds / realTimeRate();
-      if (pace < 0.9) console.warn(`warning: ${name} delivered ${(pace * 100).toFixed(0)}% of the real-time rate: it (or the bench) fell behind, so its figure is not comparable`);
-      if (r.benchCpuPct > 90) console.warn(`warning: the bench process was near saturation (${r.benchCpuPct.toFixed(0)}%): move the simulator to a child`);
-      decodeEach.push(bareDecodeUs(SESSIONS, 3));
+    } finally {
+      await sim.close();
     }
-  } finally {
-    await sim.close();
   }
 
   const baseline = median(decodeEach);
@@ -410,7 +422,7 @@ async function main(): Promise<void> {
     [`bare decode, ${SESSIONS} decoders = baseline (median; range ${spread})`, baseline.toFixed(1), '1.00', '', ''],
   ];
   for (const r of results) {
-    const target = r.name === 'gateway' ? `≤ ${TARGET_GATEWAY}` : `≈ ${TARGET_RELAY}`;
+    const target = r.name.startsWith('gateway') ? `≤ ${TARGET_GATEWAY}` : `≈ ${TARGET_RELAY}`;
     const perf = Number.isNaN(r.opusShare) ? '' : `${(r.opusShare * 100).toFixed(0)}% → ${(1 / r.opusShare).toFixed(2)}×`;
     rows.push([`${r.name} (whole process)`, r.usPerFrame.toFixed(1), (r.usPerFrame / baseline).toFixed(2), target, perf]);
   }
@@ -423,7 +435,7 @@ async function main(): Promise<void> {
       String(SESSIONS),
       r.seconds.toFixed(1),
       String(r.frames),
-      `${(r.frames / r.seconds).toFixed(0)} (${((r.frames / r.seconds / realTimeRate()) * 100).toFixed(0)}%)`,
+      r.pacing === 'xiaozhi' ? `${(r.frames / r.seconds).toFixed(0)} (${((r.frames / r.seconds / realTimeRate()) * 100).toFixed(0)}%)` : `${(r.frames / r.seconds).toFixed(0)} (as fast as it goes)`,
       `${r.totals.repliesOk}/${r.totals.repliesBad}`,
       `${r.totals.missingFrames}/${r.totals.extraFrames}`,
       `${r.p50.toFixed(1)} / ${r.p99.toFixed(1)}`,
@@ -432,7 +444,7 @@ async function main(): Promise<void> {
       r.otherCores.toFixed(2),
     ]);
   }
-  const flags = [CHILD_FLAGS.length > 0 ? `BENCH_CHILD_FLAGS="${CHILD_FLAGS.join(' ')}"` : '', process.env.BENCH_PERF !== undefined ? `BENCH_PERF=${process.env.BENCH_PERF}` : '', NICE ? `BENCH_NICE=${NICE}` : '']
+  const flags = [process.env.BENCH_PACING ? `BENCH_PACING=${process.env.BENCH_PACING}` : '', CHILD_FLAGS.length > 0 ? `BENCH_CHILD_FLAGS="${CHILD_FLAGS.join(' ')}"` : '', process.env.BENCH_PERF !== undefined ? `BENCH_PERF=${process.env.BENCH_PERF}` : '', NICE ? `BENCH_NICE=${NICE}` : '']
     .filter(Boolean)
     .join(' ');
   console.log(`\n${table(rows)}\n\n${table(details)}`);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { identity, Subject, type Subscription } from 'rxjs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
-import type { Metrics } from '../observability/metrics.ts';
+import type { FrameCounter, Metrics } from '../observability/metrics.ts';
 import {
   CloseCode,
   negotiate,
@@ -110,7 +110,7 @@ export class Session extends Actor<SessionMessage> {
   private endingOutcome: SessionOutcome = 'normal';
   private lastClientAt = performance.now();
   private lastUpstreamAt = 0;
-  private readonly upstreamFrames;
+  private readonly upstreamFrames: FrameCounter;
   private readonly abortedFrames;
   private readonly uplinkFrames;
 
@@ -122,7 +122,7 @@ export class Session extends Actor<SessionMessage> {
     super();
     this.id = id;
     this.log = deps.logger.child({ sessionId: id });
-    this.upstreamFrames = deps.metrics.upstreamFrames;
+    this.upstreamFrames = deps.metrics.upstreamFrames.cell();
     this.abortedFrames = deps.metrics.framesDropped.labels('aborted');
     this.uplinkFrames = deps.metrics.uplinkFrames;
     this.timer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
@@ -303,8 +303,9 @@ export class Session extends Actor<SessionMessage> {
         ...config.sink,
         codec: hello.downlink.codec,
         transport: hello.downlink.transport,
+        tooSlowNotice: JSON.stringify({ type: 'error', code: 'too_slow', message: 'audio was dropped here: the client is reading too slowly' }),
         onTooSlow: (what) => {
-          if (what === 'dropping') this.emit({ type: 'error', code: 'too_slow', message: 'audio was dropped: the client is reading too slowly' });
+          if (what === 'dropping') this.log.info('client too slow: dropping its oldest audio');
           else this.post({ kind: 'too-slow' });
         },
       },
@@ -388,7 +389,7 @@ export class Session extends Actor<SessionMessage> {
 
   private onUpstreamAudio(frame: AudioFrame): void {
     this.lastUpstreamAt = frame.arrivedAt;
-    this.upstreamFrames.inc();
+    this.upstreamFrames.n++;
     if (frame.concealed) {
       this.deps.metrics.decodeErrors.inc();
       this.deps.metrics.concealedFrames.inc();

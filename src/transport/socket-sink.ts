@@ -23,7 +23,12 @@ export interface SinkOptions {
   codec: string;
   transport: string;
   /**
-   * `dropping`: the first `too_slow` drop of a reply, so that the client hears of it once.
+   * A text frame that takes the place of the first audio frame dropped between two state frames (in one
+   * reply, as the client reads it): the client learns that, and where, audio went missing.
+   */
+  tooSlowNotice: string;
+  /**
+   * `dropping`: a notice was put in place of a dropped frame.
    * `gave-up`: the client cannot be served any more; the owner closes it (4003).
    */
   onTooSlow: (what: 'dropping' | 'gave-up') => void;
@@ -52,7 +57,8 @@ export class SocketSink {
   private overHighWater = false;
   private lastAudioAt = -1;
   private inputEndedAt = -1;
-  private tooSlowReported = false;
+  /** A too_slow notice was sent since the last state frame. */
+  private noticeSent = false;
   private flushing = false;
   private readonly now: () => number;
   private readonly schedule: (flush: () => void) => void;
@@ -100,7 +106,12 @@ export class SocketSink {
   readonly flush = (): void => {
     this.flushing = false;
     if (this.closed || this.depth === 0) return;
-    this.socket.cork(this.drainQueue);
+    try {
+      this.socket.cork(this.drainQueue);
+    } catch {
+      // The client closed in this very turn: its close event closes the sink and counts what waits.
+      return;
+    }
     if (this.depth > 0 && !this.closed) this.bound();
   };
 
@@ -141,10 +152,9 @@ export class SocketSink {
     return n;
   }
 
-  /** A new reply begins: its first audio frame is timed from `at`, and `too_slow` may be reported again. */
+  /** A new reply begins: its first audio frame is timed from `at`. */
   markInputEnded(at: number): void {
     this.inputEndedAt = at;
-    this.tooSlowReported = false;
   }
 
   /** The socket is gone or going: what waits is dropped, and nothing touches the socket again. */
@@ -197,16 +207,27 @@ export class SocketSink {
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') continue;
-      this.queue.splice(i, 1);
       this.queuedAudio--;
       this.queuedMs -= frame.durationMs;
       this.dropped.too_slow.inc();
-      if (!this.tooSlowReported) {
-        this.tooSlowReported = true;
+      if (this.noticeDue(i)) {
+        this.queue[i] = { kind: 'text', data: this.options.tooSlowNotice };
         this.options.onTooSlow('dropping');
+      } else {
+        this.queue.splice(i, 1);
       }
       return;
     }
+  }
+
+  /** One notice per stretch between state frames (a reply), as the client will read them. */
+  private noticeDue(at: number): boolean {
+    for (let i = at - 1; i >= this.head; i--) {
+      const frame = this.queue[i]!;
+      if (frame.kind === 'state') return true;
+      if (frame.kind === 'text' && frame.data === this.options.tooSlowNotice) return false;
+    }
+    return !this.noticeSent;
   }
 
   /** What waits is dropped as too_slow; the owner closes the session from the callback. */
@@ -223,7 +244,12 @@ export class SocketSink {
 
   private send(frame: Exclude<QueuedFrame, ClientEnd>): void {
     // A reply's frame intervals are measured between frames as sent, so its boundary counts as sent too.
-    if (frame.kind === 'state') this.lastAudioAt = -1;
+    if (frame.kind === 'state') {
+      this.lastAudioAt = -1;
+      this.noticeSent = false;
+    } else if (frame.kind === 'text' && frame.data === this.options.tooSlowNotice) {
+      this.noticeSent = true;
+    }
     const audio = frame.kind === 'audio';
     let result: number;
     try {

@@ -15,6 +15,11 @@ import { UpstreamError, type Upstream, type UpstreamErrorKind } from '../../src/
 // failures, socket backpressure, ticks and time, against a fake uWS socket and a fake upstream, with
 // fake timers. Whatever happens, no handler throws, the client only ever receives PROTOCOL.md frames,
 // a live session still answers, and every upstream audio frame is accounted for.
+//
+// The socket sink sends what a turn of the event loop wrote at the end of that turn (a queueMicrotask).
+// queueMicrotask is faked with the timers, so that the test says where turns end: after each command
+// (each is one event: a client message, an upstream read, a drain), and between timer callbacks, as
+// Node runs microtasks between them; and anything a flush throws is caught like any other escape.
 
 const RUNS = 250;
 
@@ -38,6 +43,11 @@ class FakeSocket implements SessionSocket {
     this.alive();
     this.frames.push({ data, isBinary });
     return this.sendResult;
+  }
+
+  cork(fn: () => void): void {
+    this.alive();
+    fn();
   }
 
   getBufferedAmount(): number {
@@ -186,9 +196,12 @@ function harness(settings: Settings) {
     get ended() {
       return outcomes.length > 0;
     },
+    /** Lets time run; microtasks (the sink's flushes) run between timer callbacks, as in Node. */
     advance: (ms: number) => guard('timers', () => vi.advanceTimersByTime(ms)),
-    /** Lets time run until no timer is left: paced audio, pending reconnects, the hello timeout. */
+    /** Lets time run until no timer is left: paced audio, pending reconnects, the hello timeout; microtasks too. */
     settle: () => guard('timers', () => vi.runAllTimers()),
+    /** Ends the turn of the event loop: runs the microtasks it queued, the sink's flush among them. */
+    endTurn: () => guard('microtasks', () => vi.runAllTicks()),
     fromUpstream: (raw: RawUpstream) => guard('upstream', () => upstream.emit(raw)),
     upstreamFails: (error: unknown) => guard('upstream', () => upstream.fail(error)),
   };
@@ -204,7 +217,8 @@ type Command =
   | { c: 'client-text'; text: string }
   | { c: 'client-binary'; data: Buffer }
   | { c: 'upstream'; up: Up }
-  | { c: 'reply'; sentences: number; packets: number; interrupt: { at: number; text: string } | null; stop: boolean }
+  /** oneRead: the whole reply arrives in one upstream read (one turn), else each message in a turn of its own. */
+  | { c: 'reply'; sentences: number; packets: number; interrupt: { at: number; text: string } | null; stop: boolean; oneRead: boolean }
   | { c: 'upstream-fails'; kind: UpstreamErrorKind | 'plain' }
   | { c: 'drain' }
   | { c: 'buffered'; bytes: number }
@@ -328,6 +342,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
       packets: fc.integer({ min: 1, max: 12 }),
       interrupt: fc.option(fc.record({ at: fc.nat(), text: interruption }), { nil: null }),
       stop: fc.boolean(),
+      oneRead: fc.boolean(),
     }),
   },
   {
@@ -401,9 +416,20 @@ function apply(h: Harness, cmd: Command): void {
         for (const packet of sentence.packets.slice(0, cmd.packets)) steps.push(() => h.fromUpstream(encodeBinary(h.version, packet)));
       }
       if (cmd.stop) steps.push(() => h.fromUpstream(TTS_STOP));
+      // Each upstream message is a read (a turn) of its own unless the reply came in one read; the
+      // interruption is a client message, an event of its own, so the turn ends before it and after it.
       const interrupt = cmd.interrupt;
-      if (interrupt !== null) steps.splice(interrupt.at % (steps.length + 1), 0, () => h.post({ kind: 'client-text', text: interrupt.text }));
-      for (const step of steps) step();
+      const at = interrupt === null ? -1 : interrupt.at % (steps.length + 1);
+      for (let i = 0; i <= steps.length; i++) {
+        if (i === at) {
+          h.endTurn();
+          h.post({ kind: 'client-text', text: interrupt!.text });
+          h.endTurn();
+        }
+        if (i === steps.length) break;
+        steps[i]!();
+        if (!cmd.oneRead) h.endTurn();
+      }
       return;
     }
     case 'upstream-fails':
@@ -433,9 +459,14 @@ function play(s: Scenario): Harness {
   const h = harness(s.settings);
   if (s.opening !== null) {
     h.post({ kind: 'client-text', text: s.opening[0] });
+    h.endTurn();
     h.fromUpstream(s.opening[1]);
+    h.endTurn();
   }
-  for (const cmd of s.commands) apply(h, cmd);
+  for (const cmd of s.commands) {
+    apply(h, cmd);
+    h.endTurn();
+  }
   return h;
 }
 
@@ -601,7 +632,10 @@ describe('the session actor under random traffic', () => {
     rxConfig.onUnhandledError = onUnhandledError;
   });
   beforeEach(() => {
-    vi.useFakeTimers();
+    // What vitest fakes by default (Intl aside, unused here), plus queueMicrotask (the sink's flush); process.nextTick stays real.
+    vi.useFakeTimers({
+      toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'setImmediate', 'clearImmediate', 'Date', 'hrtime', 'performance', 'queueMicrotask'],
+    });
   });
   afterEach(() => {
     vi.clearAllTimers();

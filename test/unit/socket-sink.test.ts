@@ -6,7 +6,10 @@ import { SocketSink, type ClientSocket, type SinkOptions } from '../../src/trans
 
 type SendMode = 0 | 1 | 2 | 'throw';
 
-/** A uWS socket stand-in: a settable buffered amount, a record of sends, and a chosen answer to send. */
+/**
+ * A uWS socket stand-in: a settable buffered amount, a record of sends (and of which went out inside
+ * each cork call), and a chosen answer to send.
+ */
 class FakeSocket implements ClientSocket {
   bufferedAmount = 0;
   mode: SendMode = 1;
@@ -14,14 +17,30 @@ class FakeSocket implements ClientSocket {
   grows = false;
   readonly sent: { data: Buffer | string; isBinary: boolean }[] = [];
   readonly ends: { code: number; reason: string }[] = [];
+  /** One entry per cork call: what was sent inside it, as sentData shows it. */
+  readonly corks: string[][] = [];
   touches = 0;
+  private corked: string[] | undefined;
 
   send(data: Buffer | string, isBinary: boolean): number {
     this.touches++;
     if (this.mode === 'throw') throw new Error('Invalid access of closed uWS.WebSocket/SSLWebSocket.');
     this.sent.push({ data, isBinary });
+    this.corked?.push(show(data));
     if (this.grows && this.mode !== 2) this.bufferedAmount += data.length;
     return this.mode;
+  }
+
+  cork(fn: () => void): void {
+    this.touches++;
+    const batch: string[] = [];
+    this.corks.push(batch);
+    this.corked = batch;
+    try {
+      fn();
+    } finally {
+      this.corked = undefined;
+    }
   }
 
   getBufferedAmount(): number {
@@ -36,9 +55,11 @@ class FakeSocket implements ClientSocket {
   }
 
   get sentData(): string[] {
-    return this.sent.map((s) => (typeof s.data === 'string' ? s.data : `bin:${s.data.toString('utf8')}`));
+    return this.sent.map((s) => show(s.data));
   }
 }
+
+const show = (data: Buffer | string): string => (typeof data === 'string' ? data : `bin:${data.toString('utf8')}`);
 
 const HIGH_WATER = 1000;
 const OVER = HIGH_WATER + 1;
@@ -47,10 +68,14 @@ const audio = (name: string, durationMs = 60, arrivedAt = 0): ClientFrame => ({ 
 const text = (name: string): ClientFrame => ({ kind: 'text', data: name });
 const state = (name: string): ClientFrame => ({ kind: 'state', data: name });
 
-function setup(options: Partial<SinkOptions> = {}) {
+/**
+ * A sink on a fake socket whose flushes the test runs: `scheduled` holds the flushes the sink asked for,
+ * and `endTurn()` runs them, as the microtask queue does at the end of a turn of the event loop.
+ */
+function setup(options: Partial<SinkOptions> = {}, metrics: Metrics = createMetrics({ defaultMetrics: false })) {
   const socket = new FakeSocket();
-  const metrics = createMetrics({ defaultMetrics: false });
   const tooSlow = { calls: 0, gaveUp: 0 };
+  const scheduled: (() => void)[] = [];
   const sink = new SocketSink(
     socket,
     {
@@ -60,13 +85,18 @@ function setup(options: Partial<SinkOptions> = {}) {
       policy: 'drop-oldest',
       codec: 'pcm16',
       transport: 'binary',
+      tooSlowNotice: 'too slow',
       onTooSlow: (what) => (what === 'dropping' ? tooSlow.calls++ : tooSlow.gaveUp++),
       now: () => 0,
+      schedule: (flush) => scheduled.push(flush),
       ...options,
     },
     metrics,
   );
-  return { socket, metrics, sink, tooSlow };
+  const endTurn = (): void => {
+    while (scheduled.length > 0) scheduled.shift()!();
+  };
+  return { socket, metrics, sink, tooSlow, scheduled, endTurn };
 }
 
 type Sample = { value: number; labels: Partial<Record<string, string | number>>; metricName?: string };
@@ -81,18 +111,143 @@ async function read(metric: Readable, labels: Record<string, string> = {}): Prom
     .reduce((sum, v) => sum + v.value, 0);
 }
 
+/** A histogram's _sum. */
+async function sumOf(metric: Readable): Promise<number | undefined> {
+  const { values } = await metric.get();
+  return values.find((v) => v.metricName?.endsWith('_sum'))?.value;
+}
+
 const dropped = (m: Metrics, reason: DropReason) => read(m.framesDropped, { reason });
 const failures = (m: Metrics, reason: string) => read(m.sendFailures, { reason });
 const pushed = (m: Metrics) => read(m.framesPushed);
 const depth = (m: Metrics) => read(m.queueDepth);
 
-describe('SocketSink under the high-water mark', () => {
-  it('sends frames straight out, audio as binary and text as text', async () => {
-    const { socket, sink, metrics } = setup();
+describe('SocketSink turns', () => {
+  it('sends nothing before the turn ends, and does not even look at the socket', async () => {
+    const { socket, sink, metrics, endTurn } = setup();
+    sink.write(state('speaking'));
+    sink.write(audio('a1'));
+    sink.write(text('hello'));
+    expect(socket.sent).toEqual([]);
+    expect(socket.touches).toBe(0);
+    expect(sink.depth).toBe(3);
+    expect(await depth(metrics)).toBe(3);
+    endTurn();
+    expect(socket.sentData).toEqual(['speaking', 'bin:a1', 'hello']);
+    expect(sink.depth).toBe(0);
+  });
+
+  it('sends the frames written in one turn inside one cork call, in order', () => {
+    const { socket, sink, endTurn } = setup();
     sink.write(state('speaking'));
     sink.write(audio('a1'));
     sink.write(text('hello'));
     sink.write(audio('a2'));
+    endTurn();
+    expect(socket.corks).toEqual([['speaking', 'bin:a1', 'hello', 'bin:a2']]);
+    sink.write(audio('a3'));
+    sink.write(state('ready'));
+    endTurn();
+    expect(socket.corks).toEqual([['speaking', 'bin:a1', 'hello', 'bin:a2'], ['bin:a3', 'ready']]);
+    expect(socket.sentData).toEqual(['speaking', 'bin:a1', 'hello', 'bin:a2', 'bin:a3', 'ready']);
+  });
+
+  it('schedules one flush per turn, not one per frame', () => {
+    const { socket, sink, scheduled, endTurn } = setup();
+    for (let i = 0; i < 5; i++) sink.write(audio(`a${i}`));
+    sink.write(text('t'));
+    expect(scheduled).toHaveLength(1);
+    endTurn();
+    expect(socket.corks).toHaveLength(1);
+    // Frames left waiting for the socket do not keep a flush scheduled; the next turn's write asks again.
+    socket.bufferedAmount = OVER;
+    sink.write(audio('b1'));
+    sink.write(audio('b2'));
+    expect(scheduled).toHaveLength(1);
+    endTurn();
+    expect(sink.depth).toBe(2);
+    sink.write(audio('b3'));
+    expect(scheduled).toHaveLength(1);
+    endTurn();
+    // A discard is not a frame to send: it schedules nothing.
+    sink.write({ kind: 'discard' });
+    expect(scheduled).toHaveLength(0);
+  });
+
+  it('schedules nothing once closed, and a flush scheduled before the close does nothing', async () => {
+    const { socket, sink, metrics, scheduled, endTurn } = setup();
+    sink.write(audio('a1'));
+    sink.write(text('t'));
+    expect(scheduled).toHaveLength(1);
+    sink.close();
+    expect(await dropped(metrics, 'client_gone')).toBe(1);
+    endTurn();
+    sink.write(audio('a2'));
+    expect(scheduled).toHaveLength(0);
+    expect(socket.touches).toBe(0);
+    expect(await dropped(metrics, 'client_gone')).toBe(2);
+  });
+
+  it.each(['drop-oldest', 'close'] as const)(
+    'sends whole a burst longer than queueLimitMs written in one turn to a socket under the mark (policy %s)',
+    async (policy) => {
+      const { socket, sink, metrics, tooSlow, endTurn } = setup({ queueLimitMs: 120, policy });
+      const names = Array.from({ length: 10 }, (_, i) => `a${i}`);
+      for (const n of names) sink.write(audio(n));
+      endTurn();
+      expect(socket.sentData).toEqual(names.map((n) => `bin:${n}`));
+      expect(socket.corks).toHaveLength(1);
+      expect(sink.depth).toBe(0);
+      expect(await dropped(metrics, 'too_slow')).toBe(0);
+      expect(await pushed(metrics)).toBe(10);
+      expect(tooSlow).toEqual({ calls: 0, gaveUp: 0 });
+    },
+  );
+
+  it('applies queueLimitMs to what the socket could not take of a burst, not to what it took', async () => {
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ queueLimitMs: 120 });
+    socket.grows = true;
+    socket.bufferedAmount = HIGH_WATER - 3;
+    for (let i = 1; i <= 10; i++) sink.write(audio(`a${i}`));
+    endTurn();
+    // a1 takes the socket to the mark and a2 above it; of the 480 ms left waiting, the newest 120 ms stay,
+    // behind the notice that took a3's place.
+    expect(socket.sentData).toEqual(['bin:a1', 'bin:a2']);
+    expect(sink.depth).toBe(3);
+    expect(await dropped(metrics, 'too_slow')).toBe(6);
+    expect(tooSlow).toEqual({ calls: 1, gaveUp: 0 });
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['bin:a1', 'bin:a2', 'too slow', 'bin:a9', 'bin:a10']);
+  });
+
+  it('sums the queue depth of every live sink at scrape time, and forgets a closed one', async () => {
+    const one = setup();
+    const two = setup({}, one.metrics);
+    one.socket.bufferedAmount = OVER;
+    two.socket.bufferedAmount = OVER;
+    one.sink.write(audio('a1'));
+    one.sink.write(audio('a2'));
+    two.sink.write(text('t'));
+    one.endTurn();
+    two.endTurn();
+    expect(await depth(one.metrics)).toBe(3);
+    one.sink.close();
+    expect(await depth(one.metrics)).toBe(1);
+    two.socket.bufferedAmount = 0;
+    two.sink.drain();
+    expect(await depth(one.metrics)).toBe(0);
+  });
+});
+
+describe('SocketSink under the high-water mark', () => {
+  it('sends frames at the end of the turn, audio as binary and text as text', async () => {
+    const { socket, sink, metrics, endTurn } = setup();
+    sink.write(state('speaking'));
+    sink.write(audio('a1'));
+    sink.write(text('hello'));
+    sink.write(audio('a2'));
+    endTurn();
     expect(socket.sent).toEqual([
       { data: 'speaking', isBinary: false },
       { data: Buffer.from('a1'), isBinary: true },
@@ -102,94 +257,123 @@ describe('SocketSink under the high-water mark', () => {
     expect(sink.depth).toBe(0);
     expect(await read(metrics.framesPushed, { codec: 'pcm16', transport: 'binary' })).toBe(2);
     expect(await depth(metrics)).toBe(0);
+    expect(await read(metrics.sessionQueueDepth)).toBe(0);
   });
 
   it('sends json-transport audio (a string) as a text frame', () => {
-    const { socket, sink } = setup({ transport: 'json' });
+    const { socket, sink, endTurn } = setup({ transport: 'json' });
     sink.write({ kind: 'audio', data: '{"type":"audio_frame","seq":0,"data":""}', arrivedAt: 0, durationMs: 60 });
+    endTurn();
     expect(socket.sent[0]!.isBinary).toBe(false);
   });
 
   it('counts a frame the socket only buffered (send answers 0) as pushed', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.mode = 0;
     sink.write(audio('a'));
+    endTurn();
     expect(await pushed(metrics)).toBe(1);
   });
 
   it('sends at exactly the high-water mark, which is not above it', () => {
-    const { socket, sink } = setup();
+    const { socket, sink, endTurn } = setup();
     socket.bufferedAmount = HIGH_WATER;
     sink.write(audio('a'));
+    endTurn();
     expect(socket.sent).toHaveLength(1);
   });
 
   it('times the first audio of a reply from the end of input, and each frame from its arrival', async () => {
     let clock = 1000;
-    const { sink, metrics } = setup({ now: () => clock });
+    const { sink, metrics, endTurn } = setup({ now: () => clock });
     sink.markInputEnded(400);
     sink.write(audio('a', 60, 900));
+    endTurn();
     clock = 1060;
     sink.write(audio('b', 60, 1050));
-    const ttfa = await metrics.timeToFirstAudio.get();
-    expect(ttfa.values.find((v) => v.metricName?.endsWith('_sum'))?.value).toBeCloseTo(0.6);
+    endTurn();
+    expect(await sumOf(metrics.timeToFirstAudio)).toBeCloseTo(0.6);
     expect(await read(metrics.timeToFirstAudio)).toBe(1);
-    const latency = await metrics.frameLatency.get();
-    expect(latency.values.find((v) => v.metricName?.endsWith('_sum'))?.value).toBeCloseTo(0.1 + 0.01);
-    const interval = await metrics.frameInterval.get();
-    expect(interval.values.find((v) => v.metricName?.endsWith('_sum'))?.value).toBeCloseTo(0.06);
+    expect(await sumOf(metrics.frameLatency)).toBeCloseTo(0.1 + 0.01);
+    expect(await sumOf(metrics.frameInterval)).toBeCloseTo(0.06);
   });
 
   it('measures frame intervals within a reply only, even when the reply boundary waited in the queue', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     for (const frame of [audio('a1'), audio('a2'), state('ready'), state('speaking'), audio('b1')]) sink.write(frame);
+    endTurn();
     socket.bufferedAmount = 0;
     sink.drain();
-    const interval = await metrics.frameInterval.get();
-    expect(interval.values.find((v) => v.metricName?.endsWith('_count'))?.value).toBe(1);
+    expect(await read(metrics.frameInterval)).toBe(1);
+  });
+
+  it('measures frame intervals within a reply only when the boundary leaves in the same turn', async () => {
+    const { sink, metrics, endTurn } = setup();
+    for (const frame of [audio('a1'), audio('a2'), state('ready'), state('speaking'), audio('b1')]) sink.write(frame);
+    endTurn();
+    expect(await read(metrics.frameInterval)).toBe(1);
   });
 });
 
 describe('SocketSink above the high-water mark', () => {
   it('queues frames in order and sends nothing', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
     sink.write(text('t'));
     sink.write(audio('a2'));
+    endTurn();
     expect(socket.sent).toEqual([]);
     expect(sink.depth).toBe(3);
     expect(await depth(metrics)).toBe(3);
     expect(await read(metrics.backpressureEvents)).toBe(1);
-    expect(await read(metrics.sessionQueueDepth)).toBe(3);
+    // Observed once, when the flush left the three waiting.
+    expect(await read(metrics.sessionQueueDepth)).toBe(1);
+    expect(await sumOf(metrics.sessionQueueDepth)).toBe(3);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['bin:a1', 't', 'bin:a2']);
   });
 
-  it('keeps queueing behind waiting frames even once the socket has room, until drain', () => {
-    const { socket, sink } = setup();
+  it('never lets a later frame overtake waiting ones once the socket has room', () => {
+    const { socket, sink, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
+    endTurn();
     socket.bufferedAmount = 0;
     sink.write(audio('a2'));
     expect(socket.sent).toEqual([]);
-    sink.drain();
+    endTurn();
     expect(socket.sentData).toEqual(['bin:a1', 'bin:a2']);
+
+    // And when the drain comes before the end of the turn, it takes the frames of this turn along, in order.
+    socket.bufferedAmount = OVER;
+    sink.write(audio('b1'));
+    endTurn();
+    socket.bufferedAmount = 0;
+    sink.write(audio('b2'));
+    sink.drain();
+    endTurn();
+    expect(socket.sentData).toEqual(['bin:a1', 'bin:a2', 'bin:b1', 'bin:b2']);
   });
 
   it('drain sends nothing while the socket is still above the mark', () => {
-    const { socket, sink } = setup();
+    const { socket, sink, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
+    endTurn();
     sink.drain();
     expect(socket.sent).toEqual([]);
     expect(sink.depth).toBe(1);
   });
 
   it('drain sends in order as the buffered amount falls, stopping at the mark', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     const names = ['a1', 'a2', 'a3', 'a4', 'a5', 'a6'];
     for (const n of names) sink.write(audio(n));
+    endTurn();
     socket.grows = true;
     socket.bufferedAmount = HIGH_WATER - 3;
     sink.drain();
@@ -202,96 +386,190 @@ describe('SocketSink above the high-water mark', () => {
     expect(sink.depth).toBe(0);
     expect(await depth(metrics)).toBe(0);
     expect(await pushed(metrics)).toBe(6);
+    // The queue depth was observed when the flush left 6 waiting and when the first drain left 4, not after the last.
+    expect(await read(metrics.sessionQueueDepth)).toBe(2);
+    expect(await sumOf(metrics.sessionQueueDepth)).toBe(10);
   });
 
   it('counts one backpressure event per crossing of the mark', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a'));
     sink.write(audio('b'));
+    endTurn();
     sink.drain();
     socket.bufferedAmount = 0;
     sink.drain();
     socket.bufferedAmount = OVER;
     sink.write(audio('c'));
+    endTurn();
     expect(await read(metrics.backpressureEvents)).toBe(2);
   });
 
   it('never drops text, however full the queue', async () => {
-    const { socket, sink, metrics } = setup({ queueLimitMs: 120 });
+    const { socket, sink, metrics, endTurn } = setup({ queueLimitMs: 120 });
     socket.bufferedAmount = OVER;
     const texts: string[] = [];
     for (let i = 0; i < 50; i++) {
       sink.write(audio(`a${i}`));
       texts.push(`t${i}`);
       sink.write(text(`t${i}`));
+      endTurn();
     }
     socket.bufferedAmount = 0;
     sink.drain();
-    expect(socket.sentData.filter((d) => d.startsWith('t'))).toEqual(texts);
+    // Every text leaves, in order; the one extra is the notice in the place of a0, the first audio dropped.
+    expect(socket.sentData.filter((d) => !d.startsWith('bin:'))).toEqual(['too slow', ...texts]);
     expect(socket.sentData.filter((d) => d.startsWith('bin:'))).toEqual(['bin:a48', 'bin:a49']);
     expect(await dropped(metrics, 'too_slow')).toBe(48);
   });
 });
 
 describe('SocketSink queue limit', () => {
-  it('holds at most queueLimitMs of audio, dropping the oldest as too_slow', async () => {
-    const { socket, sink, metrics } = setup({ queueLimitMs: 300 });
+  it('holds at most queueLimitMs of waiting audio, dropping the oldest as too_slow', async () => {
+    const { socket, sink, metrics, endTurn } = setup({ queueLimitMs: 300 });
     socket.bufferedAmount = OVER;
-    for (let i = 1; i <= 8; i++) sink.write(audio(`a${i}`));
-    expect(sink.depth).toBe(5);
+    for (let i = 1; i <= 8; i++) {
+      sink.write(audio(`a${i}`));
+      endTurn();
+    }
+    // Five frames of audio, and the notice in a1's place.
+    expect(sink.depth).toBe(6);
     expect(await dropped(metrics, 'too_slow')).toBe(3);
-    expect(await depth(metrics)).toBe(5);
+    expect(await depth(metrics)).toBe(6);
     socket.bufferedAmount = 0;
     sink.drain();
-    expect(socket.sentData).toEqual(['bin:a4', 'bin:a5', 'bin:a6', 'bin:a7', 'bin:a8']);
+    expect(socket.sentData).toEqual(['too slow', 'bin:a4', 'bin:a5', 'bin:a6', 'bin:a7', 'bin:a8']);
+  });
+
+  it('holds at most queueLimitMs of the audio a turn left waiting, however much the turn wrote', async () => {
+    const { socket, sink, metrics, endTurn } = setup({ queueLimitMs: 300 });
+    socket.bufferedAmount = OVER;
+    for (let i = 1; i <= 8; i++) sink.write(audio(`a${i}`));
+    // Until the turn ends the frames are not waiting for the socket yet: they have not met it.
+    expect(sink.depth).toBe(8);
+    expect(await dropped(metrics, 'too_slow')).toBe(0);
+    endTurn();
+    expect(sink.depth).toBe(6);
+    expect(await dropped(metrics, 'too_slow')).toBe(3);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['too slow', 'bin:a4', 'bin:a5', 'bin:a6', 'bin:a7', 'bin:a8']);
   });
 
   it('counts the queue in milliseconds, not frames', async () => {
-    const { socket, sink, metrics } = setup({ queueLimitMs: 300 });
+    const { socket, sink, metrics, endTurn } = setup({ queueLimitMs: 300 });
     socket.bufferedAmount = OVER;
     for (let i = 1; i <= 15; i++) sink.write(audio(`a${i}`, 20));
+    endTurn();
     expect(sink.depth).toBe(15);
     sink.write(audio('long', 120));
+    endTurn();
     expect(await dropped(metrics, 'too_slow')).toBe(6);
-    expect(sink.depth).toBe(10);
+    // 180 ms of short frames and the long one, behind the notice.
+    expect(sink.depth).toBe(11);
+  });
+
+  it('keeps the newest frame even when it alone is longer than queueLimitMs', async () => {
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ queueLimitMs: 50 });
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a1', 60));
+    endTurn();
+    expect(sink.depth).toBe(1);
+    expect(await dropped(metrics, 'too_slow')).toBe(0);
+    sink.write(audio('a2', 60));
+    endTurn();
+    // a2 and the notice in a1's place.
+    expect(sink.depth).toBe(2);
+    expect(await dropped(metrics, 'too_slow')).toBe(1);
+    expect(tooSlow.gaveUp).toBe(0);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['too slow', 'bin:a2']);
   });
 
   it('drops the oldest audio around queued text, which keeps its place', () => {
-    const { socket, sink } = setup({ queueLimitMs: 120 });
+    const { socket, sink, endTurn } = setup({ queueLimitMs: 120 });
     socket.bufferedAmount = OVER;
     sink.write(text('t0'));
     sink.write(audio('a1'));
     sink.write(text('t1'));
     sink.write(audio('a2'));
     sink.write(audio('a3'));
+    endTurn();
     socket.bufferedAmount = 0;
     sink.drain();
-    expect(socket.sentData).toEqual(['t0', 't1', 'bin:a2', 'bin:a3']);
+    expect(socket.sentData).toEqual(['t0', 'too slow', 't1', 'bin:a2', 'bin:a3']);
   });
 
-  it('calls onTooSlow once per reply, and again after markInputEnded', () => {
-    const { socket, sink, tooSlow } = setup({ queueLimitMs: 60 });
+  it('calls onTooSlow once per reply, and again in the next reply (after a state frame)', () => {
+    const { socket, sink, tooSlow, endTurn } = setup({ queueLimitMs: 60 });
     socket.bufferedAmount = OVER;
-    for (let i = 0; i < 10; i++) sink.write(audio(`a${i}`));
+    for (let i = 0; i < 10; i++) {
+      sink.write(audio(`a${i}`));
+      endTurn();
+    }
     expect(tooSlow.calls).toBe(1);
+    // As the session does at the end of input: the next reply begins, behind a state frame.
     sink.markInputEnded(0);
+    sink.write(state('processing'));
     expect(tooSlow.calls).toBe(1);
-    for (let i = 0; i < 10; i++) sink.write(audio(`b${i}`));
+    for (let i = 0; i < 10; i++) {
+      sink.write(audio(`b${i}`));
+      endTurn();
+    }
     expect(tooSlow.calls).toBe(2);
   });
 
-  it('does not call onTooSlow while nothing is dropped', () => {
-    const { socket, sink, tooSlow } = setup({ queueLimitMs: 600 });
+  it('puts a text notice in the place of the first audio frame a reply drops, once per reply, and again in the next reply (after a state frame)', async () => {
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ queueLimitMs: 120 });
     socket.bufferedAmount = OVER;
-    for (let i = 0; i < 10; i++) sink.write(audio(`a${i}`));
+    for (const frame of [audio('a1'), text('t1'), audio('a2'), audio('a3'), audio('a4')]) sink.write(frame);
+    endTurn();
+    // a1 and a2 go: the notice stands where a1 stood, and a2, dropped later in the reply, just goes.
+    expect(sink.depth).toBe(4);
+    expect(tooSlow.calls).toBe(1);
+    sink.write(audio('a5'));
+    endTurn();
+    // A drop in a later turn of the same reply: no second notice.
+    expect(sink.depth).toBe(4);
+    expect(tooSlow.calls).toBe(1);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['too slow', 't1', 'bin:a4', 'bin:a5']);
+
+    // The next reply, begun as the session begins one: markInputEnded, then a state frame.
+    sink.markInputEnded(0);
+    socket.bufferedAmount = OVER;
+    sink.write(state('processing'));
+    for (const n of ['b1', 'b2', 'b3']) sink.write(audio(n));
+    endTurn();
+    sink.write(audio('b4'));
+    endTurn();
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['too slow', 't1', 'bin:a4', 'bin:a5', 'processing', 'too slow', 'bin:b3', 'bin:b4']);
+    // The notice is a text frame, and the audio it replaced still counts as dropped, not pushed.
+    expect(socket.sent.filter((s) => s.data === 'too slow').every((s) => !s.isBinary)).toBe(true);
+    expect(tooSlow).toEqual({ calls: 2, gaveUp: 0 });
+    expect(await dropped(metrics, 'too_slow')).toBe(5);
+    expect(await pushed(metrics)).toBe(4);
+  });
+
+  it('does not call onTooSlow while nothing is dropped', () => {
+    const { socket, sink, tooSlow, endTurn } = setup({ queueLimitMs: 600 });
+    socket.bufferedAmount = OVER;
+    for (let i = 0; i < 10; i++) {
+      sink.write(audio(`a${i}`));
+      endTurn();
+    }
     expect(tooSlow.calls).toBe(0);
   });
 });
 
 describe('SocketSink dropAudio', () => {
   it('removes every queued audio frame at once and keeps text in order', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(state('speaking'));
     sink.write(audio('a1'));
@@ -299,6 +577,7 @@ describe('SocketSink dropAudio', () => {
     sink.write(audio('a2'));
     sink.write(audio('a3'));
     sink.write(text('t2'));
+    endTurn();
     expect(sink.dropAudio('aborted')).toBe(3);
     expect(sink.depth).toBe(3);
     expect(await dropped(metrics, 'aborted')).toBe(3);
@@ -306,23 +585,42 @@ describe('SocketSink dropAudio', () => {
     sink.write(state('ready'));
     socket.bufferedAmount = 0;
     sink.drain();
+    endTurn();
     expect(socket.sentData).toEqual(['speaking', 't1', 't2', 'ready']);
   });
 
+  it('removes the audio written earlier in the same turn too, before it leaves', async () => {
+    const { socket, sink, metrics, endTurn } = setup();
+    sink.write(audio('a1'));
+    sink.write(text('t1'));
+    sink.write(audio('a2'));
+    expect(sink.dropAudio('aborted')).toBe(2);
+    sink.write(state('ready'));
+    endTurn();
+    expect(socket.sentData).toEqual(['t1', 'ready']);
+    expect(await dropped(metrics, 'aborted')).toBe(2);
+    expect(await pushed(metrics)).toBe(0);
+  });
+
   it('answers 0 and counts nothing when no audio waits', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
+    expect(sink.dropAudio('aborted')).toBe(0);
+    sink.write(audio('a'));
+    endTurn();
     expect(sink.dropAudio('aborted')).toBe(0);
     socket.bufferedAmount = OVER;
     sink.write(text('t'));
+    endTurn();
     expect(sink.dropAudio('aborted')).toBe(0);
     expect(sink.depth).toBe(1);
     expect(await dropped(metrics, 'aborted')).toBe(0);
   });
 
   it('leaves the sink working after a partial drain', () => {
-    const { socket, sink } = setup();
+    const { socket, sink, endTurn } = setup();
     socket.bufferedAmount = OVER;
     for (const n of ['a1', 'a2', 'a3']) sink.write(audio(n));
+    endTurn();
     socket.grows = true;
     socket.bufferedAmount = HIGH_WATER - 1;
     sink.drain();
@@ -330,32 +628,36 @@ describe('SocketSink dropAudio', () => {
     expect(sink.dropAudio('aborted')).toBe(2);
     socket.bufferedAmount = 0;
     sink.write(audio('b1'));
+    endTurn();
     expect(socket.sentData).toEqual(['bin:a1', 'bin:b1']);
   });
 });
 
 describe('SocketSink send failures', () => {
   it('counts send result 2 as a backpressure_limit failure, not a push', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.mode = 2;
     sink.write(audio('a'));
+    endTurn();
     expect(await failures(metrics, 'backpressure_limit')).toBe(1);
     expect(await pushed(metrics)).toBe(0);
   });
 
   it('counts a throwing socket as a closed failure and does not throw', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.mode = 'throw';
     expect(() => sink.write(audio('a'))).not.toThrow();
     expect(() => sink.write(text('t'))).not.toThrow();
+    expect(() => endTurn()).not.toThrow();
     expect(await failures(metrics, 'closed')).toBe(1);
     expect(await pushed(metrics)).toBe(0);
   });
 
   it('counts failures met while draining', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     for (const n of ['a1', 'a2', 'a3']) sink.write(audio(n));
+    endTurn();
     socket.bufferedAmount = 0;
     socket.mode = 'throw';
     expect(() => sink.drain()).not.toThrow();
@@ -366,11 +668,12 @@ describe('SocketSink send failures', () => {
 
 describe('SocketSink close', () => {
   it('drops queued audio as client_gone, empties the queue, and never touches the socket again', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
     sink.write(text('t'));
     sink.write(audio('a2'));
+    endTurn();
     const touches = socket.touches;
     sink.close();
     expect(await dropped(metrics, 'client_gone')).toBe(2);
@@ -382,6 +685,7 @@ describe('SocketSink close', () => {
     sink.write(text('t2'));
     sink.write(state('ready'));
     sink.dropAudio('aborted');
+    endTurn();
     sink.close();
     expect(socket.touches).toBe(touches);
     expect(socket.sent).toEqual([]);
@@ -392,36 +696,42 @@ describe('SocketSink close', () => {
 
 describe('SocketSink in-band control frames', () => {
   it('treats a discard frame as dropAudio(aborted), keeping messages in order', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
     sink.write(text('t1'));
     sink.write(audio('a2'));
+    endTurn();
     sink.write({ kind: 'discard' });
     sink.write(state('ready'));
     expect(await dropped(metrics, 'aborted')).toBe(2);
+    endTurn();
     socket.bufferedAmount = 0;
     sink.drain();
     expect(socket.sentData).toEqual(['t1', 'ready']);
   });
 
-  it('ends the socket at once when nothing waits, and touches it no more', () => {
-    const { socket, sink } = setup();
+  it('ends the socket at the end of the turn when nothing waits, and touches it no more', () => {
+    const { socket, sink, endTurn } = setup();
     sink.write({ kind: 'end', code: 1000, reason: 'bye' });
+    expect(socket.ends).toEqual([]);
+    endTurn();
     expect(socket.ends).toEqual([{ code: 1000, reason: 'bye' }]);
     const touches = socket.touches;
     sink.write(text('late'));
     sink.drain();
+    endTurn();
     expect(socket.touches).toBe(touches);
   });
 
   it('ends the socket only after everything written before the end, and drops audio written after it', async () => {
-    const { socket, sink, metrics } = setup();
+    const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
     sink.write(audio('a1'));
     sink.write(text('t1'));
     sink.write({ kind: 'end', code: 4002, reason: 'upstream lost' });
     sink.write(audio('a2'));
+    endTurn();
     expect(socket.ends).toEqual([]);
     socket.bufferedAmount = 0;
     sink.drain();
@@ -431,21 +741,37 @@ describe('SocketSink in-band control frames', () => {
     expect(await depth(metrics)).toBe(0);
   });
 
+  it('ends the socket after the frames before the end in the same turn, and drops the audio after it', async () => {
+    const { socket, sink, metrics, endTurn } = setup();
+    sink.write(audio('a1'));
+    sink.write(text('t1'));
+    sink.write({ kind: 'end', code: 4002, reason: 'upstream lost' });
+    sink.write(audio('a2'));
+    endTurn();
+    expect(socket.corks).toEqual([['bin:a1', 't1']]);
+    expect(socket.ends).toEqual([{ code: 4002, reason: 'upstream lost' }]);
+    expect(await dropped(metrics, 'client_gone')).toBe(1);
+    expect(await pushed(metrics)).toBe(1);
+  });
+
   it('does not throw when ending a socket that is already closed', () => {
-    const { socket, sink } = setup();
+    const { socket, sink, endTurn } = setup();
     socket.mode = 'throw';
     expect(() => sink.write({ kind: 'end', code: 1000, reason: '' })).not.toThrow();
+    expect(() => endTurn()).not.toThrow();
   });
 });
 
 describe('SocketSink slow-client policy close', () => {
-  it('gives up instead of dropping: the frame in hand and the queued audio count as too_slow', async () => {
-    const { socket, sink, metrics, tooSlow } = setup({ policy: 'close', queueLimitMs: 180 });
+  it('gives up instead of dropping: all the audio left waiting, the newest too, counts as too_slow', async () => {
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ policy: 'close', queueLimitMs: 180 });
     socket.bufferedAmount = OVER;
     for (const n of ['a1', 'a2', 'a3']) sink.write(audio(n));
     sink.write(text('t'));
+    endTurn();
     expect(tooSlow.gaveUp).toBe(0);
     sink.write(audio('a4'));
+    endTurn();
     expect(tooSlow).toEqual({ calls: 0, gaveUp: 1 });
     expect(await dropped(metrics, 'too_slow')).toBe(4);
     expect(await depth(metrics)).toBe(0);
@@ -453,21 +779,32 @@ describe('SocketSink slow-client policy close', () => {
     socket.bufferedAmount = 0;
     sink.drain();
     sink.write(audio('a5'));
+    endTurn();
     expect(socket.touches).toBe(touches);
     expect(socket.sent).toEqual([]);
     expect(await dropped(metrics, 'client_gone')).toBe(1);
   });
 
   it('gives up when more messages wait than maxQueuedMessages, since messages are never dropped', async () => {
-    const { socket, sink, metrics, tooSlow } = setup({ maxQueuedMessages: 16 });
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ maxQueuedMessages: 16 });
     socket.bufferedAmount = OVER;
     sink.write(audio('a'));
     for (let i = 0; i < 16; i++) sink.write(text(`t${i}`));
+    endTurn();
     expect(tooSlow.gaveUp).toBe(0);
     sink.write(text('t16'));
+    endTurn();
     expect(tooSlow.gaveUp).toBe(1);
     expect(await dropped(metrics, 'too_slow')).toBe(1);
     expect(sink.depth).toBe(0);
+  });
+
+  it('does not count against maxQueuedMessages the messages a turn sent', () => {
+    const { sink, socket, tooSlow, endTurn } = setup({ maxQueuedMessages: 16 });
+    for (let i = 0; i < 40; i++) sink.write(text(`t${i}`));
+    endTurn();
+    expect(tooSlow.gaveUp).toBe(0);
+    expect(socket.sent).toHaveLength(40);
   });
 });
 
@@ -475,6 +812,7 @@ type Op =
   | { op: 'audio'; durationMs: number }
   | { op: 'text' }
   | { op: 'state' }
+  | { op: 'endTurn' }
   | { op: 'drain' }
   | { op: 'buffered'; amount: number }
   | { op: 'mode'; mode: SendMode }
@@ -489,6 +827,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.record({ op: fc.constant('audio' as const), durationMs: fc.constantFrom(20, 40, 60, 120) }), weight: 8 },
   { arbitrary: fc.constant({ op: 'text' as const }), weight: 2 },
   { arbitrary: fc.constant({ op: 'state' as const }), weight: 1 },
+  { arbitrary: fc.constant({ op: 'endTurn' as const }), weight: 4 },
   { arbitrary: fc.constant({ op: 'drain' as const }), weight: 3 },
   { arbitrary: fc.record({ op: fc.constant('buffered' as const), amount: fc.constantFrom(0, HIGH_WATER - 5, HIGH_WATER, OVER, 10 * HIGH_WATER) }), weight: 3 },
   { arbitrary: fc.record({ op: fc.constant('mode' as const), mode: fc.constantFrom<SendMode>(0, 1, 1, 1, 2, 'throw') }), weight: 1 },
@@ -500,10 +839,13 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.constant({ op: 'close' as const }), weight: 1 },
 );
 
-/** Plays a list of operations against a fresh sink, checking after each that the gauge matches the queue. */
+/**
+ * Plays a list of operations against a fresh sink, turns ending where the list says, checking after
+ * each that the gauge matches the queue and that at most one flush is ever scheduled.
+ */
 async function play(ops: readonly Op[], options: Partial<SinkOptions>) {
   const fixture = setup(options);
-  const { socket, sink, metrics } = fixture;
+  const { socket, sink, metrics, scheduled, endTurn } = fixture;
   let written = 0;
   let n = 0;
   for (const o of ops) {
@@ -517,6 +859,9 @@ async function play(ops: readonly Op[], options: Partial<SinkOptions>) {
         break;
       case 'state':
         sink.write(state(`s${n++}`));
+        break;
+      case 'endTurn':
+        endTurn();
         break;
       case 'drain':
         sink.drain();
@@ -547,6 +892,7 @@ async function play(ops: readonly Op[], options: Partial<SinkOptions>) {
         break;
     }
     expect(await depth(metrics)).toBe(sink.depth);
+    expect(scheduled.length).toBeLessThanOrEqual(1);
   }
   return { ...fixture, written };
 }
@@ -556,8 +902,12 @@ describe('SocketSink invariant', () => {
     const policy = fc.constantFrom<SinkOptions['policy']>('drop-oldest', 'close');
     await fc.assert(
       fc.asyncProperty(fc.array(opArb, { maxLength: 120 }), fc.constantFrom(60, 200, 1000), policy, fc.constantFrom(16, 1000), async (ops, queueLimitMs, p, maxQueuedMessages) => {
-        const { socket, sink, metrics, written } = await play(ops, { queueLimitMs, policy: p, maxQueuedMessages });
+        const { socket, sink, metrics, tooSlow, written, endTurn } = await play(ops, { queueLimitMs, policy: p, maxQueuedMessages });
+        const touches = socket.touches;
         sink.close();
+        // A flush still scheduled when the sink closed leaves the socket alone.
+        endTurn();
+        expect(socket.touches).toBe(touches);
 
         const drops = (await dropped(metrics, 'aborted')) + (await dropped(metrics, 'too_slow')) + (await dropped(metrics, 'client_gone'));
         const fails = (await failures(metrics, 'closed')) + (await failures(metrics, 'backpressure_limit'));
@@ -566,8 +916,13 @@ describe('SocketSink invariant', () => {
         expect(await depth(metrics)).toBe(0);
         expect(sink.depth).toBe(0);
 
-        // Whatever left, left in the order it was written.
-        const order = socket.sent.map((s) => Number((typeof s.data === 'string' ? s.data : s.data.toString()).slice(1)));
+        // A too-slow notice is text, at most one per reply that dropped: it is neither pushed nor failed audio.
+        const notices = socket.sent.filter((s) => s.data === 'too slow');
+        expect(notices.every((s) => !s.isBinary)).toBe(true);
+        expect(notices.length).toBeLessThanOrEqual(tooSlow.calls);
+
+        // Whatever left, left in the order it was written (a notice stands in for audio, so has no number).
+        const order = socket.sent.filter((s) => s.data !== 'too slow').map((s) => Number((typeof s.data === 'string' ? s.data : s.data.toString()).slice(1)));
         expect(order).toEqual([...order].sort((a, b) => a - b));
       }),
       { numRuns: 400 },
@@ -578,13 +933,17 @@ describe('SocketSink invariant', () => {
     const keepsSocket = opArb.filter((o) => o.op !== 'close' && o.op !== 'mode' && o.op !== 'end');
     await fc.assert(
       fc.asyncProperty(fc.array(keepsSocket, { maxLength: 80 }), async (ops) => {
-        const { socket, sink } = await play(ops, { queueLimitMs: 120 });
+        const { socket, sink, tooSlow, endTurn } = await play(ops, { queueLimitMs: 120 });
         socket.grows = false;
         socket.bufferedAmount = 0;
         sink.drain();
+        endTurn();
         let n = 0;
         const messages = ops.flatMap((o) => (o.op === 'audio' ? (n++, []) : o.op === 'text' ? [`t${n++}`] : o.op === 'state' ? [`s${n++}`] : []));
-        expect(socket.sent.filter((s) => !s.isBinary).map((s) => s.data)).toEqual(messages);
+        // Besides the messages written, the only text is a too-slow notice: one for each reply that dropped audio.
+        const texts = socket.sent.filter((s) => !s.isBinary).map((s) => s.data);
+        expect(texts.filter((d) => d !== 'too slow')).toEqual(messages);
+        expect(texts.filter((d) => d === 'too slow')).toHaveLength(tooSlow.calls);
       }),
       { numRuns: 200 },
     );
