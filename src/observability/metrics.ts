@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type Metric, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 
 // Every metric of the gateway, defined once (names as in DESIGN.md). Never a per-session label: a
 // session's children are cached by the session itself so that the hot path does no label lookups.
@@ -44,6 +44,60 @@ function frameCounter<T extends string>(config: CounterConfiguration<T>) {
       return entry.cell;
     },
   });
+}
+
+/**
+ * A histogram observed once per audio frame: a bucket search over a typed array and three additions.
+ * prom-client's Histogram allocates and hashes labels on every observe; this one only renders itself,
+ * in the same exposition format, when the registry is scraped.
+ */
+export class FrameHistogram {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  private readonly counts: Float64Array;
+  private sum = 0;
+  private count = 0;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly buckets: readonly number[],
+    registry: Registry,
+  ) {
+    this.counts = new Float64Array(buckets.length);
+    registry.registerMetric(this as unknown as Metric);
+  }
+
+  observe(value: number): void {
+    this.sum += value;
+    this.count++;
+    const b = this.buckets;
+    for (let i = 0; i < b.length; i++) {
+      if (value <= b[i]!) {
+        this.counts[i]!++;
+        return;
+      }
+    }
+  }
+
+  get(): Promise<Omit<MetricObjectWithValues<MetricValue<string>>, 'collect'>> {
+    const values: MetricValue<string>[] = [];
+    let cumulative = 0;
+    this.buckets.forEach((le, i) => {
+      cumulative += this.counts[i]!;
+      values.push({ labels: { le }, value: cumulative, metricName: `${this.name}_bucket` } as MetricValue<string>);
+    });
+    values.push({ labels: { le: '+Inf' }, value: this.count, metricName: `${this.name}_bucket` } as MetricValue<string>);
+    values.push({ labels: {}, value: this.sum, metricName: `${this.name}_sum` } as MetricValue<string>);
+    values.push({ labels: {}, value: this.count, metricName: `${this.name}_count` } as MetricValue<string>);
+    return Promise.resolve({ name: this.name, help: this.help, type: this.type as never, aggregator: this.aggregator, values });
+  }
+
+  reset(): void {
+    this.counts.fill(0);
+    this.sum = 0;
+    this.count = 0;
+  }
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
@@ -109,18 +163,18 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       registers,
     }),
     uplinkFrames: new Counter({ name: 'voicegw_uplink_frames_total', help: 'Opus packets sent to the upstream', registers }),
-    frameLatency: new Histogram({
-      name: 'voicegw_frame_latency_seconds',
-      help: 'Upstream arrival of a packet to its frame handed to the client socket',
-      buckets: LATENCY_BUCKETS,
-      registers,
-    }),
-    frameInterval: new Histogram({
-      name: 'voicegw_frame_interval_seconds',
-      help: 'Gap between consecutive audio frames pushed within one reply',
-      buckets: INTERVAL_BUCKETS,
-      registers,
-    }),
+    frameLatency: new FrameHistogram(
+      'voicegw_frame_latency_seconds',
+      'Upstream arrival of a packet to its frame handed to the client socket',
+      LATENCY_BUCKETS,
+      registry,
+    ),
+    frameInterval: new FrameHistogram(
+      'voicegw_frame_interval_seconds',
+      'Gap between consecutive audio frames pushed within one reply',
+      INTERVAL_BUCKETS,
+      registry,
+    ),
     timeToFirstAudio: new Histogram({
       name: 'voicegw_time_to_first_audio_seconds',
       help: "End of the user's input to the reply's first audio frame pushed",
