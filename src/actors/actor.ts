@@ -10,21 +10,26 @@ export abstract class Actor<M> {
   private busy = false;
 
   post(message: M): void {
-    this.mailbox.push(message);
-    if (this.busy) return;
+    if (this.busy) {
+      this.mailbox.push(message);
+      return;
+    }
     this.busy = true;
     try {
-      for (let i = 0; i < this.mailbox.length; i++) {
-        const next = this.mailbox[i]!;
-        try {
-          this.receive(next);
-        } catch (error) {
-          this.failed(error, next);
-        }
-      }
+      this.handle(message);
+      // Only what handling posted waits here: the common case (one message, idle box) never touches it.
+      for (let i = 0; i < this.mailbox.length; i++) this.handle(this.mailbox[i]!);
     } finally {
-      this.mailbox.length = 0;
+      if (this.mailbox.length > 0) this.mailbox.length = 0;
       this.busy = false;
+    }
+  }
+
+  private handle(message: M): void {
+    try {
+      this.receive(message);
+    } catch (error) {
+      this.failed(error, message);
     }
   }
 
