@@ -2,8 +2,8 @@
  * The mailbox primitive: messages are handled one at a time, in the order they were posted. A message
  * posted while another is being handled (from inside a handler, or by a callback it triggered) waits
  * its turn instead of re-entering, so a handler always sees the state the previous one left. An idle
- * mailbox handles a post at once, in the caller's stack: no microtask, no allocation beyond the message,
- * and a uWS callback's cork still covers every send the message causes.
+ * mailbox handles a post at once, in the caller's stack: no microtask and no allocation on the path
+ * one audio frame takes.
  */
 export abstract class Actor<M> {
   private readonly mailbox: M[] = [];

@@ -96,6 +96,8 @@ export class Session extends Actor<SessionMessage> {
   private hello: ClientHello | undefined;
   private upstream: Upstream | undefined;
   private downlink: Subscription | undefined;
+  /** outbound → pace → toClient → sink: ended with the session, so that nothing it holds outlives it. */
+  private delivery: Subscription | undefined;
   private sink: SocketSink | undefined;
   private readonly outbound = new Subject<Outbound>();
   /** pcm16 uplink only: the client's PCM on its way to the session's encoder. */
@@ -110,9 +112,12 @@ export class Session extends Actor<SessionMessage> {
   private endingOutcome: SessionOutcome = 'normal';
   private lastClientAt = performance.now();
   private lastUpstreamAt = 0;
+  /** When the user's input ended: a reply is due from then, whatever the client sends meanwhile. */
+  private replyDueAt = 0;
   private readonly upstreamFrames: FrameCounter;
   private readonly abortedFrames;
   private readonly uplinkFrames;
+  private readonly uplinkDropped;
 
   constructor(
     private readonly socket: SessionSocket,
@@ -125,6 +130,7 @@ export class Session extends Actor<SessionMessage> {
     this.upstreamFrames = deps.metrics.upstreamFrames.cell();
     this.abortedFrames = deps.metrics.framesDropped.labels('aborted');
     this.uplinkFrames = deps.metrics.uplinkFrames;
+    this.uplinkDropped = deps.metrics.uplinkDropped;
     this.timer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
   }
 
@@ -176,6 +182,8 @@ export class Session extends Actor<SessionMessage> {
   protected failed(error: unknown, message: SessionMessage): void {
     this.log.error({ err: error, message: message.kind }, 'session failed');
     if (this.phase === 'closed') return;
+    // Straight to the socket: the session's own pipelines are what may have failed.
+    this.sendDirect({ type: 'error', code: 'internal', message: 'the gateway failed on this session' });
     this.abandon(CloseCode.internal, 'internal error', 'internal');
   }
 
@@ -198,6 +206,7 @@ export class Session extends Actor<SessionMessage> {
     if (message.type === 'hello') this.sendError('bad_message', 'hello was already received');
     else if (message.type === 'ping') this.emit({ type: 'pong', id: message.id });
     else if (this.phase === 'connecting') this.sendError('hello_required', `wait for the gateway's hello before ${message.type}`);
+    else if (this.phase === 'reconnecting' && message.type === 'abort') this.outbound.next(DISCARD);
     else if (this.phase === 'reconnecting') this.sendError('upstream_lost', `reconnecting to the voice service: ${message.type} was not sent`);
     else this.onConversation(message);
   }
@@ -208,7 +217,7 @@ export class Session extends Actor<SessionMessage> {
       case 'listen':
         if (message.state === 'start') {
           // Barge-in: speaking over the reply ends it first, as the xiaozhi firmware does.
-          if (this.state === 'speaking') this.abortReply();
+          this.interruptReply();
           this.uplink?.next(RESET);
           upstream.send({ type: 'listen', state: 'start', mode: message.mode });
           this.setState('listening');
@@ -220,7 +229,7 @@ export class Session extends Actor<SessionMessage> {
         return;
       case 'text':
         // Typing over the reply interrupts it too, as a new utterance does upstream.
-        if (this.state === 'speaking') this.abortReply();
+        this.interruptReply();
         upstream.send({ type: 'listen', state: 'detect', text: message.text });
         this.inputEnded();
         return;
@@ -239,6 +248,15 @@ export class Session extends Actor<SessionMessage> {
     this.upstream!.send({ type: 'abort', reason: 'client_abort' });
     this.discarding = true;
     this.outbound.next(DISCARD);
+  }
+
+  /**
+   * New input cuts the reply short. The upstream may be done sending (its tts stop already in) while
+   * the client has yet to hear what the pacer and the sink hold: that goes too.
+   */
+  private interruptReply(): void {
+    if (this.state === 'speaking') this.abortReply();
+    else this.outbound.next(DISCARD);
   }
 
   private onClientAudio(data: Buffer): void {
@@ -265,10 +283,12 @@ export class Session extends Actor<SessionMessage> {
 
   private sendUplink(packet: Buffer): void {
     if (this.upstream!.sendAudio(packet)) this.uplinkFrames.inc();
+    else this.uplinkDropped.inc();
   }
 
   private inputEnded(): void {
-    this.sink!.markInputEnded(performance.now());
+    this.replyDueAt = performance.now();
+    this.sink!.markInputEnded(this.replyDueAt);
     this.setState('processing');
   }
 
@@ -312,8 +332,10 @@ export class Session extends Actor<SessionMessage> {
       this.deps.metrics,
     );
     this.sink = sink;
-    const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, (n) => this.abortedFrames.inc(n)) : identity;
-    this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe({
+    const gone = this.deps.metrics.framesDropped.labels('client_gone');
+    const onDropped = (n: number, why: 'discard' | 'teardown') => (why === 'discard' ? this.abortedFrames : gone).inc(n);
+    const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, onDropped) : identity;
+    this.delivery = this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe({
       next: (frame) => sink.write(frame),
       error: (error: unknown) => this.post({ kind: 'pipeline-failed', error }),
     });
@@ -417,6 +439,8 @@ export class Session extends Actor<SessionMessage> {
       this.phase = 'reconnecting';
       this.discarding = false;
       this.setState('reconnecting');
+      // Draining: that state change was this session's last word.
+      if (this.phase !== 'reconnecting') return;
     } else {
       this.log.info({ kind, detail, attempt: this.reconnectAttempts }, 'upstream reconnect failed');
     }
@@ -436,7 +460,7 @@ export class Session extends Actor<SessionMessage> {
     if (this.phase !== 'open') return;
     const { limits, upstream } = this.deps.config;
     if (this.inReply()) {
-      if (now - Math.max(this.lastUpstreamAt, this.lastClientAt) > upstream.stallTimeoutMs) {
+      if (now - Math.max(this.lastUpstreamAt, this.replyDueAt) > upstream.stallTimeoutMs) {
         this.post({ kind: 'upstream-failed', error: new UpstreamError('stall', `no word from the upstream for ${upstream.stallTimeoutMs} ms mid-reply`) });
       }
     } else if (now - Math.max(this.lastClientAt, this.lastUpstreamAt) > limits.idleTimeoutMs) {
@@ -465,13 +489,26 @@ export class Session extends Actor<SessionMessage> {
   private sendError(code: ErrorCode, message: string): void {
     const error: ServerMessage = { type: 'error', code, message };
     if (this.sink !== undefined) this.emit(error);
-    else this.socket.send(JSON.stringify(error), false);
+    else this.sendDirect(error);
+  }
+
+  /**
+   * Past the sink, so bounded here: a client that floods bad frames without reading its answers would
+   * otherwise grow the socket's own buffer without limit.
+   */
+  private sendDirect(message: ServerMessage): void {
+    try {
+      if (this.socket.getBufferedAmount() <= this.deps.config.sink.highWaterBytes) this.socket.send(JSON.stringify(message), false);
+    } catch {
+      // Already closed: the close event is on its way.
+    }
   }
 
   // Endings.
 
   /** Closes after everything already queued for the client: the upstream stops now, the socket after. */
   private close(code: number, reason: string, outcome: SessionOutcome): void {
+    if (this.phase === 'ending' || this.phase === 'closed') return;
     if (this.sink === undefined) return this.abandon(code, reason, outcome);
     this.phase = 'ending';
     this.endingOutcome = outcome;
@@ -500,6 +537,7 @@ export class Session extends Actor<SessionMessage> {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.stopUpstream();
+    this.delivery?.unsubscribe();
     this.outbound.complete();
     this.sink?.close(outcome === 'too_slow' ? 'too_slow' : 'client_gone');
     this.log.info({ outcome }, 'session ended');

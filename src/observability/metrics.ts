@@ -163,6 +163,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       registers,
     }),
     uplinkFrames: new Counter({ name: 'voicegw_uplink_frames_total', help: 'Opus packets sent to the upstream', registers }),
+    uplinkDropped: new Counter({
+      name: 'voicegw_uplink_frames_dropped_total',
+      help: 'Uplink Opus packets dropped: the upstream was not open, or not reading fast enough',
+      registers,
+    }),
     frameLatency: new FrameHistogram(
       'voicegw_frame_latency_seconds',
       'Upstream arrival of a packet to its frame handed to the client socket',

@@ -171,7 +171,13 @@ export function parseDeviceJson(text: string): { ok: true; message: Record<strin
   return { ok: true, message: m as Record<string, unknown> & { type: string } };
 }
 
-/** Opus packets describe their own length: the TOC byte's config gives the frame size, its code the count. */
+/** RFC 6716: no packet holds more than 120 ms of audio. */
+const MAX_PACKET_MS = 120;
+
+/**
+ * Opus packets describe their own length: the TOC byte's config gives the frame size, its code the
+ * count. 0 means unreadable, including a count that claims more than a packet can hold.
+ */
 export function opusPacketDurationMs(packet: Buffer): number {
   if (packet.length === 0) return 0;
   const toc = packet[0]!;
@@ -184,5 +190,6 @@ export function opusPacketDurationMs(packet: Buffer): number {
   if (code === 0) return frameMs;
   if (code === 1 || code === 2) return 2 * frameMs;
   if (packet.length < 2) return 0;
-  return (packet[1]! & 0x3f) * frameMs;
+  const ms = (packet[1]! & 0x3f) * frameMs;
+  return ms <= MAX_PACKET_MS ? ms : 0;
 }

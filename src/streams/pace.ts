@@ -9,7 +9,8 @@ import type { Outbound } from './to-client.ts';
  * monotonic clock, so timer lateness never adds up. A frame that arrives after its due time by more
  * than a frame's length is an underrun: the clock re-anchors on it instead of bursting to catch up.
  * Messages keep their place between frames. A `discard` (abort) drops every held frame at once and
- * tells `onDiscarded` how many; it then passes on, so that the stages after this one drop theirs.
+ * tells `onDropped` how many; it then passes on, so that the stages after this one drop theirs. So does
+ * an unsubscription (the session ended) for the frames still held then.
  *
  * ```
  * prebuffer 120 ms, 60 ms frames, frames arriving at once:
@@ -17,7 +18,11 @@ import type { Outbound } from './to-client.ts';
  * pace:    (s a)-b-----c-----d-----|     (s: state speaking; one dash = 10 ms)
  * ```
  */
-export function pace(prebufferMs: number, onDiscarded: (frames: number) => void, scheduler: SchedulerLike = asyncScheduler): MonoTypeOperatorFunction<Outbound> {
+export function pace(
+  prebufferMs: number,
+  onDropped: (frames: number, why: 'discard' | 'teardown') => void,
+  scheduler: SchedulerLike = asyncScheduler,
+): MonoTypeOperatorFunction<Outbound> {
   return (source) =>
     new Observable<Outbound>((subscriber) => {
       let queue: Outbound[] = [];
@@ -26,6 +31,8 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
       let anchor = -1;
       let timer: Subscription | undefined;
       let ended = false;
+
+      const heldAudio = () => queue.reduce((n, q) => (q.kind === 'audio' ? n + 1 : n), 0);
 
       const startReply = () => {
         buffering = prebufferMs > 0;
@@ -78,9 +85,9 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
       const subscription = source.subscribe({
         next: (item) => {
           if (item.kind === 'discard') {
-            const held = queue.reduce((n, q) => (q.kind === 'audio' ? n + 1 : n), 0);
+            const held = heldAudio();
             queue = queue.filter((q) => q.kind !== 'audio');
-            if (held > 0) onDiscarded(held);
+            if (held > 0) onDropped(held, 'discard');
             timer?.unsubscribe();
             timer = undefined;
             startReply();
@@ -101,6 +108,9 @@ export function pace(prebufferMs: number, onDiscarded: (frames: number) => void,
       return () => {
         subscription.unsubscribe();
         timer?.unsubscribe();
+        const held = heldAudio();
+        queue = [];
+        if (held > 0) onDropped(held, 'teardown');
       };
     });
 }

@@ -127,9 +127,14 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
         reject(new Error(`cannot listen on ${config.host}:${config.port}`));
         return;
       }
+      let listening = true;
       resolve({
         port: uWS.us_socket_local_port(token),
-        close: () => uWS.us_listen_socket_close(token),
+        // Closing a listen socket twice crashes the process (uWS frees it the first time).
+        close: () => {
+          if (listening) uWS.us_listen_socket_close(token);
+          listening = false;
+        },
       });
     });
   });

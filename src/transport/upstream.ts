@@ -22,6 +22,9 @@ export interface UpstreamOptions {
   uplink: { sampleRate: number; frameMs: number };
 }
 
+/** About 10 s of 24 kbit/s Opus: well past any hiccup, well short of a memory problem. */
+const MAX_UPLINK_BUFFERED_BYTES = 32 * 1024;
+
 export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket' | 'stall';
 
 export class UpstreamError extends Error {
@@ -99,18 +102,21 @@ export class Upstream {
     });
   }
 
-  /** Sends a control message once the hello is done. False when there is no open session. */
-  send(message: Outgoing): boolean {
+  /** Sends a control message once the hello is done; without an open session there is nobody to tell. */
+  send(message: Outgoing): void {
     const socket = this.socket;
-    if (socket === undefined || socket.readyState !== WebSocket.OPEN) return false;
+    if (socket === undefined || socket.readyState !== WebSocket.OPEN) return;
     socket.send(JSON.stringify({ ...message, session_id: this.serverSessionId }));
-    return true;
   }
 
-  /** Sends one Opus packet, framed for the protocol version. */
+  /**
+   * Sends one Opus packet, framed for the protocol version. False when it cannot go: no open session,
+   * or an upstream that has not taken the last second or so of audio (a client sending faster than
+   * real time must not grow the gateway's memory).
+   */
   sendAudio(packet: Buffer): boolean {
     const socket = this.socket;
-    if (socket === undefined || socket.readyState !== WebSocket.OPEN) return false;
+    if (socket === undefined || socket.readyState !== WebSocket.OPEN || socket.bufferedAmount > MAX_UPLINK_BUFFERED_BYTES) return false;
     socket.send(encodeBinary(this.options.protocolVersion, packet));
     return true;
   }

@@ -58,8 +58,18 @@ describe('pace', () => {
     scheduler().run(({ cold, expectObservable }) => {
       const values = { a: frame(1), b: frame(2), c: frame(3), x: DISCARD as Outbound };
       const source = cold('(abc) 9ms x', values);
-      expectObservable(source.pipe(pace(0, (n) => dropped.push(n)))).toBe('a 13ms x', values);
+      expectObservable(source.pipe(pace(0, (n, why) => why === 'discard' && dropped.push(n)))).toBe('a 13ms x', values);
     });
     expect(dropped).toEqual([2]);
+  });
+
+  it('counts the frames it still holds when unsubscribed, so that an ended session leaves none behind', () => {
+    const dropped: [number, string][] = [];
+    scheduler().run(({ cold, expectObservable }) => {
+      const values = { a: frame(1), b: frame(2), c: frame(3) };
+      const source = cold('(abc)', values);
+      expectObservable(source.pipe(pace(0, (n, why) => dropped.push([n, why]))), '^ 9ms !').toBe('a', values);
+    });
+    expect(dropped).toEqual([[2, 'teardown']]);
   });
 });

@@ -442,4 +442,10 @@ describe('opusPacketDurationMs', () => {
       }),
     );
   });
+
+  it('calls a packet unreadable when its frame count claims more than the 120 ms a packet can hold', () => {
+    // CELT 20 ms frames (config 31), code 3, 63 frames: 1260 ms.
+    expect(opusPacketDurationMs(Buffer.from([(31 << 3) | 3, 63]))).toBe(0);
+    expect(opusPacketDurationMs(Buffer.from([(31 << 3) | 3, 6]))).toBe(120);
+  });
 });
