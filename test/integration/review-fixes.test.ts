@@ -5,16 +5,17 @@ import { WebSocketServer } from 'ws';
 import { loadSpeech } from '../../src/sim/speech.ts';
 import type { SessionOptions, Simulator } from '../../src/sim/simulator.ts';
 import {
+  expectAccountingAfterEnd,
   expectedReplyShape,
   gatewayForTest,
   httpGet,
   isError,
   isState,
-  metricSum,
   metricValue,
   poll,
   Resources,
   shapeOf,
+  sync,
   TestClient,
   type TestGateway,
 } from '../support/gateway.ts';
@@ -46,39 +47,12 @@ function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-/** Sends a ping and waits for its pong: everything the gateway queued before it has arrived. */
-async function sync(client: TestClient, id: string): Promise<void> {
-  client.send({ type: 'ping', id });
-  await within(5000, `the pong ${id}`, client.next((m) => m.type === 'pong' && m.id === id));
-}
-
 /** Index in `order`, from `from` on, of the first state message `state`, or -1. */
 function stateIndex(order: TestClient['received']['order'], state: string, from: number): number {
   return order.findIndex((m, i) => i >= from && m !== 'audio' && m.type === 'state' && m.state === state);
 }
 
 const audioIn = (items: TestClient['received']['order']) => items.filter((m) => m === 'audio').length;
-
-/**
- * Ends the given clients, waits (bounded) until the gateway has no session, then checks at once that
- * every upstream frame was pushed to a client, dropped with a reason, or refused by a socket.
- */
-async function expectAccountingAfterEnd(gw: TestGateway, ...clients: TestClient[]): Promise<string> {
-  for (const c of clients) c.close();
-  await Promise.all(clients.map((c) => c.closed));
-  const text = await poll(
-    () => scrape(gw),
-    (t) => metricValue(t, 'voicegw_sessions_active') === 0,
-    5000,
-  );
-  expect(metricValue(text, 'voicegw_sessions_active')).toBe(0);
-  const upstream = metricSum(text, 'voicegw_upstream_frames_total');
-  expect(upstream).toBeGreaterThan(0);
-  expect(
-    metricSum(text, 'voicegw_frames_pushed_total') + metricSum(text, 'voicegw_frames_dropped_total') + metricSum(text, 'voicegw_send_failures_total'),
-  ).toBe(upstream);
-  return text;
-}
 
 /** A burst simulator and a gateway on it; `env` on top of the defaults. */
 async function burstGateway(env: Record<string, string> = {}) {

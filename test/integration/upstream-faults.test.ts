@@ -7,6 +7,7 @@ import { loadSpeech } from '../../src/sim/speech.ts';
 import type { Fault, SessionOptions, Simulator } from '../../src/sim/simulator.ts';
 import {
   decodeReference,
+  expectAccountingAfterEnd,
   expectedReplyShape,
   isError,
   isState,
@@ -15,6 +16,7 @@ import {
   poll,
   Resources,
   shapeOf,
+  sync,
   type TestClient,
   type TestGateway,
 } from '../support/gateway.ts';
@@ -62,37 +64,11 @@ const beforeFault = (frames = AFTER_FRAMES): string[] => expectedReplyShape(spee
 const digests = (frames: readonly Buffer[]): string[] => frames.map((f) => createHash('sha1').update(f).digest('hex'));
 const allPackets = speech.sentences.flatMap((s) => s.packets);
 
-/** Sends a ping and waits for its pong: everything the gateway queued before it has arrived. */
-async function sync(client: TestClient, id: string): Promise<void> {
-  client.send({ type: 'ping', id });
-  await client.next((m) => m.type === 'pong' && m.id === id);
-}
-
 async function metrics(gw: TestGateway): Promise<string> {
   return gw.metrics.registry.metrics();
 }
 
 const upstreamErrors = async (gw: TestGateway, kind: string) => metricValue(await metrics(gw), 'voicegw_upstream_errors_total', `kind="${kind}"`);
-
-/**
- * Ends the test's sessions, waits (bounded) until the gateway has none, then checks the frame
- * accounting: every upstream frame was pushed to a client, dropped with a reason, or refused by a socket.
- */
-async function expectAccountingAfterEnd(gw: TestGateway, ...clients: TestClient[]): Promise<void> {
-  for (const c of clients) c.close();
-  await Promise.all(clients.map((c) => c.closed));
-  const text = await poll(
-    () => metrics(gw),
-    (t) => metricValue(t, 'voicegw_sessions_active') === 0,
-    5000,
-  );
-  expect(metricValue(text, 'voicegw_sessions_active')).toBe(0);
-  const upstream = metricSum(text, 'voicegw_upstream_frames_total');
-  expect(upstream).toBeGreaterThan(0);
-  expect(upstream).toBe(
-    metricSum(text, 'voicegw_frames_pushed_total') + metricSum(text, 'voicegw_frames_dropped_total') + metricSum(text, 'voicegw_send_failures_total'),
-  );
-}
 
 /**
  * The lost-and-recovered path shared by every fault that drops the upstream mid-reply: the first

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import opus from '@discordjs/opus';
+import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { loadConfig, type Config } from '../../src/config.ts';
 import { startGateway, type RunningGateway } from '../../src/main.ts';
@@ -198,6 +199,33 @@ export async function poll<T>(read: () => Promise<T>, test: (value: T) => boolea
 }
 
 /** What the upgrade answers: 101 when the WebSocket opens, else the HTTP status of the refusal. */
+/** Sends a ping and waits for its pong: everything the gateway queued before it has arrived. */
+export async function sync(client: TestClient, id: string): Promise<void> {
+  client.send({ type: 'ping', id });
+  await client.next((m) => m.type === 'pong' && m.id === id);
+}
+
+/**
+ * Ends the given clients, waits (bounded) until the gateway has no session, then checks at once that
+ * every upstream frame was pushed to a client, dropped with a reason, or refused by a socket.
+ */
+export async function expectAccountingAfterEnd(gw: TestGateway, ...clients: TestClient[]): Promise<string> {
+  for (const c of clients) c.close();
+  await Promise.all(clients.map((c) => c.closed));
+  const text = await poll(
+    () => gw.metrics.registry.metrics(),
+    (t) => metricValue(t, 'voicegw_sessions_active') === 0,
+    5000,
+  );
+  expect(metricValue(text, 'voicegw_sessions_active')).toBe(0);
+  const upstream = metricSum(text, 'voicegw_upstream_frames_total');
+  expect(upstream).toBeGreaterThan(0);
+  expect(
+    metricSum(text, 'voicegw_frames_pushed_total') + metricSum(text, 'voicegw_frames_dropped_total') + metricSum(text, 'voicegw_send_failures_total'),
+  ).toBe(upstream);
+  return text;
+}
+
 export function upgradeStatus(url: string, options?: WebSocket.ClientOptions): Promise<number> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: false, ...options });
