@@ -39,7 +39,8 @@ export interface SinkOptions {
 
 const DROPPED_BY_SOCKET = 2;
 
-type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }>;
+/** What waits in the queue: the client's frames, and the too_slow notices the sink puts in their place. */
+type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }> | { readonly kind: 'notice'; readonly data: string };
 
 /**
  * The one place backpressure lives (RxJS has none). Frames written in one turn of the event loop (all
@@ -107,7 +108,7 @@ export class SocketSink {
     this.flushing = false;
     if (this.closed || this.depth === 0) return;
     try {
-      this.socket.cork(this.drainQueue);
+      this.socket.cork(this.drain);
     } catch {
       // The client closed in this very turn: its close event closes the sink and counts what waits.
       return;
@@ -115,12 +116,8 @@ export class SocketSink {
     if (this.depth > 0 && !this.closed) this.bound();
   };
 
-  /** The socket drained some of its buffer: send what waits, as far as the high-water mark allows. */
-  drain(): void {
-    this.drainQueue();
-  }
-
-  private readonly drainQueue = (): void => {
+  /** Sends what waits, as far as the high-water mark allows: at a flush, and when the socket drains. */
+  readonly drain = (): void => {
     while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
       const frame = this.queue[this.head]!;
       this.queue[this.head++] = undefined as never;
@@ -211,7 +208,7 @@ export class SocketSink {
       this.queuedMs -= frame.durationMs;
       this.dropped.too_slow.inc();
       if (this.noticeDue(i)) {
-        this.queue[i] = { kind: 'text', data: this.options.tooSlowNotice };
+        this.queue[i] = { kind: 'notice', data: this.options.tooSlowNotice };
         this.options.onTooSlow('dropping');
       } else {
         this.queue.splice(i, 1);
@@ -225,7 +222,7 @@ export class SocketSink {
     for (let i = at - 1; i >= this.head; i--) {
       const frame = this.queue[i]!;
       if (frame.kind === 'state') return true;
-      if (frame.kind === 'text' && frame.data === this.options.tooSlowNotice) return false;
+      if (frame.kind === 'notice') return false;
     }
     return !this.noticeSent;
   }
@@ -247,7 +244,7 @@ export class SocketSink {
     if (frame.kind === 'state') {
       this.lastAudioAt = -1;
       this.noticeSent = false;
-    } else if (frame.kind === 'text' && frame.data === this.options.tooSlowNotice) {
+    } else if (frame.kind === 'notice') {
       this.noticeSent = true;
     }
     const audio = frame.kind === 'audio';
