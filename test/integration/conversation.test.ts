@@ -40,7 +40,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import wavefile from 'wavefile';
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer } from 'ws';
 import type { SimulatorOptions } from '../../src/sim/simulator.ts';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
@@ -53,7 +52,8 @@ import {
   UTTERANCE_PATH,
   type Pcm,
 } from '../support/audio.ts';
-import { decodeReference, expectedReplyShape, isError, isState, metricSum, metricValue, Resources, shapeOf, type Received, type TestClient } from '../support/gateway.ts';
+import { decodeReference, expectedReplyShape, isError, isState, metricSum, metricValue, replyEnd, Resources, shapeOf, type Received, type TestClient } from '../support/gateway.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const speech = loadSpeech();
@@ -79,18 +79,6 @@ async function echoGateway(simOptions: SimulatorOptions = {}, env: Record<string
   const sim = await res.simulator({ reply: 'echo', ...simOptions });
   const gw = await res.gateway({ UPSTREAM_URL: sim.url, ...env });
   return { sim, gw };
-}
-
-/** Index of the `state ready` that ends the first reply (`state speaking` … `state ready`) from `start`, or -1. */
-function replyEnd(order: readonly Item[], start: number): number {
-  let speaking = false;
-  for (let i = start; i < order.length; i++) {
-    const m = order[i]!;
-    if (m === 'audio' || m.type !== 'state') continue;
-    if (m.state === 'speaking') speaking = true;
-    else if (m.state === 'ready' && speaking) return i;
-  }
-  return -1;
 }
 
 /** Waits for the whole reply that follows `start` in the client's received order; returns order[start … its state ready]. */
@@ -419,31 +407,13 @@ describe('mcp', () => {
   it('relays an upstream mcp request to the client unchanged, as {"type":"mcp","payload":…}', async () => {
     const request = { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'self.audio_speaker.set_volume', arguments: { volume: 42 } } };
     const seen: Record<string, unknown>[] = [];
-    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-    await new Promise<void>((resolve) => wss.once('listening', resolve));
-    res.add(
-      () =>
-        new Promise<void>((resolve) => {
-          for (const c of wss.clients) c.terminate();
-          wss.close(() => resolve());
-        }),
-    );
-    wss.on('connection', (ws) => {
-      ws.on('error', () => {});
-      ws.on('message', (data, isBinary) => {
-        if (isBinary) return;
-        const m = JSON.parse(String(data)) as Record<string, unknown>;
-        seen.push(m);
-        if (m.type === 'hello') {
-          ws.send(JSON.stringify({ type: 'hello', version: 1, transport: 'websocket', session_id: 'up-1', audio_params: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 } }));
-        } else if (m.type === 'mcp') {
-          // As a server does after the device's initialize result: a tools/call request.
-          ws.send(JSON.stringify({ type: 'mcp', session_id: 'up-1', payload: request }));
-        }
-      });
+    const url = await fakeUpstream(res, (ws, m) => {
+      seen.push(m);
+      if (m.type === 'hello') sendJson(ws, { ...SERVER_HELLO, session_id: 'up-1' });
+      // As a server does after the device's initialize result: a tools/call request.
+      else if (m.type === 'mcp') sendJson(ws, { type: 'mcp', session_id: 'up-1', payload: request });
     });
-    const port = (wss.address() as { port: number }).port;
-    const gw = await res.gateway({ UPSTREAM_URL: `ws://127.0.0.1:${port}/xiaozhi/v1/` });
+    const gw = await res.gateway({ UPSTREAM_URL: url });
     const client = await res.client(gw.url);
     await client.hello();
     const after = client.received.json.length;

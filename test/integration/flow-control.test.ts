@@ -1,7 +1,6 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer } from 'ws';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
   expectedReplyShape,
@@ -16,6 +15,7 @@ import {
   type TestGateway,
 } from '../support/gateway.ts';
 import { RawClient } from '../support/raw-client.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson, sendSpeechReply } from '../support/fake-upstream.ts';
 
 const speech = loadSpeech();
 const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
@@ -116,38 +116,11 @@ async function rssBytes(gw: TestGateway): Promise<number> {
  * everything before it, `tts stop` included: a test can know that a reply is over at the gateway without
  * reading from the client.
  */
-async function burstUpstream(): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await new Promise<void>((resolve) => wss.once('listening', resolve));
-  const json = (m: Record<string, unknown>) => JSON.stringify(m);
-  wss.on('connection', (ws) => {
-    ws.on('error', () => {});
-    ws.on('message', (data, isBinary) => {
-      if (isBinary) return;
-      const m = JSON.parse(String(data)) as Record<string, unknown>;
-      if (m.type === 'hello') {
-        ws.send(json({ type: 'hello', version: 1, transport: 'websocket', session_id: 'burst', audio_params: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 } }));
-      } else if (m.type === 'listen' && m.state === 'detect') {
-        ws.send(json({ type: 'stt', text: m.text }));
-        ws.send(json({ type: 'llm', text: '😊', emotion: 'happy' }));
-        ws.send(json({ type: 'tts', state: 'start' }));
-        for (const sentence of speech.sentences) {
-          ws.send(json({ type: 'tts', state: 'sentence_start', text: sentence.text }));
-          for (const packet of sentence.packets) ws.send(packet);
-        }
-        ws.send(json({ type: 'tts', state: 'stop' }));
-        ws.send(json({ type: 'iot', commands: [] }));
-      }
-    });
+function burstUpstream(): Promise<string> {
+  return fakeUpstream(res, (ws, m) => {
+    if (m.type === 'hello') sendJson(ws, SERVER_HELLO);
+    else if (m.type === 'listen' && m.state === 'detect') sendSpeechReply(ws, speech, m.text, { after: { type: 'iot', commands: [] } });
   });
-  res.add(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const c of wss.clients) c.terminate();
-        wss.close(() => resolve());
-      }),
-  );
-  return `ws://127.0.0.1:${(wss.address() as { port: number }).port}/xiaozhi/v1/`;
 }
 
 const repliesOver = (text: string) => metricValue(text, 'voicegw_upstream_unknown_messages_total', 'type="iot"');

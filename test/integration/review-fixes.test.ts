@@ -1,7 +1,6 @@
 // One test per fix of the review (the commit "Fix what review found"), each driven for real: a gateway
 // on loopback, the simulator (or a tiny upstream of its own) behind it, real ws clients in front.
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer } from 'ws';
 import { loadSpeech } from '../../src/sim/speech.ts';
 import type { SessionOptions, Simulator } from '../../src/sim/simulator.ts';
 import {
@@ -20,6 +19,7 @@ import {
   type TestGateway,
 } from '../support/gateway.ts';
 import { RawClient } from '../support/raw-client.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson, sendSpeechReply } from '../support/fake-upstream.ts';
 
 const speech = loadSpeech();
 const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
@@ -65,40 +65,11 @@ async function burstGateway(env: Record<string, string> = {}) {
  * A xiaozhi upstream of its own that answers each `listen detect` with the whole speech reply at once,
  * with `extra` slipped in after the first `at` packets of the first sentence.
  */
-async function upstreamWith(extra: Buffer, at: number): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await new Promise<void>((resolve) => wss.once('listening', resolve));
-  const json = (m: Record<string, unknown>) => JSON.stringify(m);
-  wss.on('connection', (ws) => {
-    ws.on('error', () => {});
-    ws.on('message', (data, isBinary) => {
-      if (isBinary) return;
-      const m = JSON.parse(String(data)) as Record<string, unknown>;
-      if (m.type === 'hello') {
-        ws.send(json({ type: 'hello', version: 1, transport: 'websocket', session_id: 'lying', audio_params: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 } }));
-      } else if (m.type === 'listen' && m.state === 'detect') {
-        ws.send(json({ type: 'stt', text: m.text }));
-        ws.send(json({ type: 'llm', text: '😊', emotion: 'happy' }));
-        ws.send(json({ type: 'tts', state: 'start' }));
-        speech.sentences.forEach((sentence, s) => {
-          ws.send(json({ type: 'tts', state: 'sentence_start', text: sentence.text }));
-          sentence.packets.forEach((packet, i) => {
-            if (s === 0 && i === at) ws.send(extra);
-            ws.send(packet);
-          });
-        });
-        ws.send(json({ type: 'tts', state: 'stop' }));
-      }
-    });
+function upstreamWith(extra: Buffer, at: number): Promise<string> {
+  return fakeUpstream(res, (ws, m) => {
+    if (m.type === 'hello') sendJson(ws, SERVER_HELLO);
+    else if (m.type === 'listen' && m.state === 'detect') sendSpeechReply(ws, speech, m.text, { extra, at });
   });
-  res.add(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const c of wss.clients) c.terminate();
-        wss.close(() => resolve());
-      }),
-  );
-  return `ws://127.0.0.1:${(wss.address() as { port: number }).port}/xiaozhi/v1/`;
 }
 
 describe('the review fixes', () => {

@@ -1,5 +1,4 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer, type WebSocket as ServerSocket } from 'ws';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
   decodeReference,
@@ -11,6 +10,7 @@ import {
   shapeOf,
   type TestClient,
 } from '../support/gateway.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
 
 const speech = loadSpeech();
 const packets = speech.sentences.flatMap((s) => s.packets);
@@ -246,35 +246,23 @@ describe('session', () => {
 
   it('discards the audio an upstream still sends after an abort, until its tts stop', async () => {
     // An upstream with audio already in flight: on abort it sends three more frames of the old reply, then tts stop.
-    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-    await new Promise<void>((resolve) => wss.once('listening', resolve));
-    res.add(() => new Promise<void>((resolve) => {
-      for (const c of wss.clients) c.terminate();
-      wss.close(() => resolve());
-    }));
     const sentence = speech.sentences[0]!;
-    const json = (ws: ServerSocket, m: Record<string, unknown>) => ws.send(JSON.stringify(m));
-    wss.on('connection', (ws) => {
-      ws.on('message', (data, isBinary) => {
-        if (isBinary) return;
-        const m = JSON.parse(String(data)) as Record<string, unknown>;
-        if (m.type === 'hello') json(ws, { type: 'hello', transport: 'websocket', session_id: 's', audio_params: { sample_rate: 24000 } });
-        else if (m.type === 'listen' && m.state === 'detect') {
-          json(ws, { type: 'stt', text: String(m.text) });
-          json(ws, { type: 'tts', state: 'start' });
-          json(ws, { type: 'tts', state: 'sentence_start', text: sentence.text });
-          for (const p of sentence.packets.slice(0, 5)) ws.send(p);
-          // The first reply is held open until the abort; later ones end at once.
-          if (m.text !== 'Go') json(ws, { type: 'tts', state: 'stop' });
-        } else if (m.type === 'abort') {
-          for (const p of sentence.packets.slice(5, 8)) ws.send(p);
-          json(ws, { type: 'tts', state: 'sentence_start', text: 'leaked sentence' });
-          json(ws, { type: 'tts', state: 'stop' });
-        }
-      });
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'hello') sendJson(ws, SERVER_HELLO);
+      else if (m.type === 'listen' && m.state === 'detect') {
+        sendJson(ws, { type: 'stt', text: String(m.text) });
+        sendJson(ws, { type: 'tts', state: 'start' });
+        sendJson(ws, { type: 'tts', state: 'sentence_start', text: sentence.text });
+        for (const p of sentence.packets.slice(0, 5)) ws.send(p);
+        // The first reply is held open until the abort; later ones end at once.
+        if (m.text !== 'Go') sendJson(ws, { type: 'tts', state: 'stop' });
+      } else if (m.type === 'abort') {
+        for (const p of sentence.packets.slice(5, 8)) ws.send(p);
+        sendJson(ws, { type: 'tts', state: 'sentence_start', text: 'leaked sentence' });
+        sendJson(ws, { type: 'tts', state: 'stop' });
+      }
     });
-    const port = (wss.address() as { port: number }).port;
-    const gw = await res.gateway({ UPSTREAM_URL: `ws://127.0.0.1:${port}/xiaozhi/v1/` });
+    const gw = await res.gateway({ UPSTREAM_URL: url });
     const client: TestClient = await res.client(gw.url);
     await client.hello();
     client.send({ type: 'text', text: 'Go' });

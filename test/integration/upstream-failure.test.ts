@@ -1,5 +1,4 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebSocketServer, type WebSocket as ServerSocket } from 'ws';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
   closedPort,
@@ -14,6 +13,7 @@ import {
   type TestClient,
   type TestGateway,
 } from '../support/gateway.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
 
 const speech = loadSpeech();
 const shortSpeech: Speech = { ...speech, sentences: speech.sentences.map((s) => ({ text: s.text, packets: s.packets.slice(0, 8) })) };
@@ -21,28 +21,7 @@ const shortSpeech: Speech = { ...speech, sentences: speech.sentences.map((s) => 
 const res = new Resources();
 afterEach(() => res.dispose());
 
-/** A bare xiaozhi-ish server: `onMessage` decides everything; it is closed after the test. */
-async function fakeUpstream(onMessage: (ws: ServerSocket, message: Record<string, unknown>) => void): Promise<string> {
-  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
-  await new Promise<void>((resolve) => wss.once('listening', resolve));
-  wss.on('connection', (ws) => {
-    ws.on('error', () => {});
-    ws.on('message', (data, isBinary) => {
-      if (!isBinary) onMessage(ws, JSON.parse(String(data)) as Record<string, unknown>);
-    });
-  });
-  res.add(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const c of wss.clients) c.terminate();
-        wss.close(() => resolve());
-      }),
-  );
-  return `ws://127.0.0.1:${(wss.address() as { port: number }).port}/xiaozhi/v1/`;
-}
 
-const send = (ws: ServerSocket, m: Record<string, unknown>) => ws.send(JSON.stringify(m));
-const serverHello = { type: 'hello', version: 1, transport: 'websocket', session_id: 'up-1', audio_params: { format: 'opus', sample_rate: 24000, channels: 1, frame_duration: 60 } };
 
 /** Sends hello and waits for the session to end; returns the close, the time it took and what came before it. */
 async function helloUntilClosed(client: TestClient) {
@@ -94,8 +73,8 @@ describe('upstream failures', () => {
   });
 
   it('sends upstream_unavailable and closes with 4002 when the upstream hello is not a websocket hello', async () => {
-    const url = await fakeUpstream((ws, m) => {
-      if (m.type === 'hello') send(ws, { ...serverHello, transport: 'udp' });
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'hello') sendJson(ws, { ...SERVER_HELLO, transport: 'udp' });
     });
     const gw = await res.gateway({ UPSTREAM_URL: url });
     const client = await res.client(gw.url);
@@ -184,25 +163,25 @@ describe('upstream failures', () => {
 
   it('survives upstream garbage and still delivers a later valid reply from the same upstream', async () => {
     const sentence = speech.sentences[0]!;
-    const url = await fakeUpstream((ws, m) => {
+    const url = await fakeUpstream(res, (ws, m) => {
       if (m.type === 'hello') {
-        send(ws, serverHello);
+        sendJson(ws, SERVER_HELLO);
         ws.send('this is not JSON {');
         ws.send('[1,2,3]');
         ws.send('{"no":"type"}');
-        send(ws, { type: 'iot', commands: [{ name: 'lamp' }] });
-        send(ws, { type: 'system', command: 'reboot' });
-        send(ws, { type: 'alert', status: 'x', message: 'y' });
-        send(ws, { type: 'something_new', data: 1 });
-        send(ws, { type: 'stt', text: 42 });
-        send(ws, { type: 'tts', state: 'dance' });
+        sendJson(ws, { type: 'iot', commands: [{ name: 'lamp' }] });
+        sendJson(ws, { type: 'system', command: 'reboot' });
+        sendJson(ws, { type: 'alert', status: 'x', message: 'y' });
+        sendJson(ws, { type: 'something_new', data: 1 });
+        sendJson(ws, { type: 'stt', text: 42 });
+        sendJson(ws, { type: 'tts', state: 'dance' });
       } else if (m.type === 'listen' && m.state === 'detect') {
-        send(ws, { type: 'stt', text: m.text, session_id: 'up-1' });
-        send(ws, { type: 'llm', text: '😊', emotion: 'happy', session_id: 'up-1' });
-        send(ws, { type: 'tts', state: 'start', session_id: 'up-1' });
-        send(ws, { type: 'tts', state: 'sentence_start', text: sentence.text, session_id: 'up-1' });
+        sendJson(ws, { type: 'stt', text: m.text, session_id: 'up-1' });
+        sendJson(ws, { type: 'llm', text: '😊', emotion: 'happy', session_id: 'up-1' });
+        sendJson(ws, { type: 'tts', state: 'start', session_id: 'up-1' });
+        sendJson(ws, { type: 'tts', state: 'sentence_start', text: sentence.text, session_id: 'up-1' });
         for (const p of sentence.packets) ws.send(p);
-        send(ws, { type: 'tts', state: 'stop', session_id: 'up-1' });
+        sendJson(ws, { type: 'tts', state: 'stop', session_id: 'up-1' });
       }
     });
     const gw = await res.gateway({ UPSTREAM_URL: url });
@@ -230,16 +209,16 @@ describe('upstream failures', () => {
   it('survives an empty v1 binary message from the upstream and still delivers a later valid reply', async () => {
     const sentence = speech.sentences[0]!;
     let replies = 0;
-    const url = await fakeUpstream((ws, m) => {
-      if (m.type === 'hello') send(ws, serverHello);
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'hello') sendJson(ws, SERVER_HELLO);
       else if (m.type === 'listen' && m.state === 'detect') {
-        send(ws, { type: 'stt', text: m.text });
-        send(ws, { type: 'tts', state: 'start' });
-        send(ws, { type: 'tts', state: 'sentence_start', text: sentence.text });
+        sendJson(ws, { type: 'stt', text: m.text });
+        sendJson(ws, { type: 'tts', state: 'start' });
+        sendJson(ws, { type: 'tts', state: 'sentence_start', text: sentence.text });
         // The first reply carries an empty binary message in the middle of its audio.
         const packets = replies++ === 0 ? [...sentence.packets.slice(0, 4), Buffer.alloc(0), ...sentence.packets.slice(4)] : sentence.packets;
         for (const p of packets) ws.send(p);
-        send(ws, { type: 'tts', state: 'stop' });
+        sendJson(ws, { type: 'tts', state: 'stop' });
       }
     });
     const gw = await res.gateway({ UPSTREAM_URL: url });

@@ -115,7 +115,7 @@ export class TestClient {
 }
 
 /** Index of the `state ready` that ends the reply starting at `start` (after a `state speaking`), or -1. */
-function replyEnd(order: Received['order'], start: number): number {
+export function replyEnd(order: Received['order'], start: number): number {
   let speaking = false;
   for (let i = start; i < order.length; i++) {
     const m = order[i]!;
