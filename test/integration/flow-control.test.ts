@@ -345,6 +345,25 @@ describe('flow control', () => {
     expect(seqs.at(-1)).toBe(rounds * REPLY_FRAMES - 1);
   });
 
+  it('answers a ping through the same ordered queue as audio: the pong comes after every frame queued before it', async () => {
+    const url = await burstUpstream();
+    const gw = await res.gateway({ UPSTREAM_URL: url });
+    const client = await res.client(gw.url);
+    // Realtime pacing holds the burst and releases it at the audio clock: a ping sent meanwhile waits its turn.
+    await client.hello({ pacing: { mode: 'realtime', prebufferMs: 0 } });
+    client.send({ type: 'text', text: 'Tell me everything.' });
+    await waitForMetrics(gw, 'the whole reply to reach the gateway', (t) => repliesOver(t) >= 1);
+    const framesBeforePing = client.received.binary.length;
+    client.send({ type: 'ping', id: 'behind the reply' });
+    await client.next((m) => m.type === 'pong');
+
+    const order = client.received.order;
+    const pongAt = order.findIndex((m) => m !== 'audio' && m.type === 'pong');
+    expect(framesBeforePing).toBeLessThan(REPLY_FRAMES);
+    expect(order.slice(0, pongAt).filter((m) => m === 'audio')).toHaveLength(REPLY_FRAMES);
+    expect(order[pongAt - 1]).toEqual({ type: 'state', state: 'ready' });
+  });
+
   it('closes a session that says nothing with 1000 "idle" after IDLE_TIMEOUT_MS, and keeps one that keeps talking', async () => {
     const sim = await res.simulator();
     const gw = await res.gateway({ UPSTREAM_URL: sim.url, IDLE_TIMEOUT_MS: '1000' });
