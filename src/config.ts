@@ -44,6 +44,7 @@ const schema = z.object({
   SOCKET_HIGH_WATER_BYTES: int(256 * 1024, 1024, 64 * 1024 * 1024),
   QUEUE_LIMIT_MS: int(5000, 60, 600_000),
   QUEUE_MAX_MESSAGES: int(1000, 16, 1_000_000),
+  SESSION_BUFFER_BYTES: int(256 * 1024, 16 * 1024, 256 * 1024 * 1024),
   SLOW_CLIENT_POLICY: z.enum(['drop-oldest', 'close']).default('drop-oldest'),
 
   SIM_REPLY: z.enum(['speech', 'echo']).default('speech'),
@@ -89,6 +90,11 @@ export interface Config {
     maxQueuedMessages: number;
     /** When the audio queue is full: drop the oldest audio, or close the session with 4003. */
     policy: 'drop-oldest' | 'close';
+    /**
+     * Bytes one session may hold in memory for its client and its upstream together: the client's queue
+     * (audio and text), the pacer's hold, and what waits for the upstream socket.
+     */
+    sessionBufferBytes: number;
   };
   /** The embedded simulator's reply: the recorded speech, or the user's own uplink audio back. */
   sim: { reply: 'speech' | 'echo' };
@@ -138,6 +144,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       queueLimitMs: e.QUEUE_LIMIT_MS,
       maxQueuedMessages: e.QUEUE_MAX_MESSAGES,
       policy: e.SLOW_CLIENT_POLICY,
+      sessionBufferBytes: e.SESSION_BUFFER_BYTES,
     },
     sim: { reply: e.SIM_REPLY },
   };

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { identity, Subject, type Subscription } from 'rxjs';
+import { asyncScheduler, identity, Subject, type Subscription } from 'rxjs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
 import type { FrameCounter, Metrics } from '../observability/metrics.ts';
@@ -17,12 +17,15 @@ import {
 import { opusPacketDurationMs, type ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
 import { decodeOpus } from '../streams/decode-opus.ts';
 import { encodeOpus, FLUSH, RESET, type UplinkPcm } from '../streams/encode-opus.ts';
+import { SessionBudget } from '../streams/budget.ts';
 import type { AudioFrame, UpstreamEvent } from '../streams/events.ts';
 import { pace } from '../streams/pace.ts';
 import { parse } from '../streams/parse.ts';
 import { DISCARD, toClient, type Outbound } from '../streams/to-client.ts';
 import { SocketSink, type ClientSocket } from '../transport/socket-sink.ts';
 import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamOptions } from '../transport/upstream.ts';
+
+type UpstreamMessage = Parameters<Upstream['send']>[0];
 import { Actor } from './actor.ts';
 
 export type SessionSocket = ClientSocket;
@@ -31,7 +34,8 @@ export type SessionMessage =
   | { kind: 'client-text'; text: string }
   | { kind: 'client-binary'; data: Buffer }
   | { kind: 'client-oversized'; bytes: number }
-  | { kind: 'client-closed'; code: number }
+  /** tooLarge: uWS cut the connection itself, for a frame far past MAX_FRAME_BYTES (it sends no close frame then). */
+  | { kind: 'client-closed'; code: number; tooLarge?: boolean }
   | { kind: 'drain' }
   | { kind: 'hello-timeout' }
   | { kind: 'tick'; now: number }
@@ -99,6 +103,8 @@ export class Session extends Actor<SessionMessage> {
   /** outbound → pace → toClient → sink: ended with the session, so that nothing it holds outlives it. */
   private delivery: Subscription | undefined;
   private sink: SocketSink | undefined;
+  /** Bytes held for this session, by the sink, the pacer and the upstream socket together. */
+  private budget: SessionBudget | undefined;
   private readonly outbound = new Subject<Outbound>();
   /** pcm16 uplink only: the client's PCM on its way to the session's encoder. */
   private uplink: Subject<UplinkPcm> | undefined;
@@ -114,6 +120,14 @@ export class Session extends Actor<SessionMessage> {
   private lastUpstreamAt = 0;
   /** When the user's input ended: a reply is due from then, whatever the client sends meanwhile. */
   private replyDueAt = 0;
+  /** A fault of the current upstream connection is posted: it is not reported twice. */
+  private upstreamFailing = false;
+  /** What the upstream socket had unsent at the last tick, and when it last took any of it. */
+  private upstreamUnsent = 0;
+  private upstreamProgressAt = 0;
+  /** The pacer dropped audio of this reply; and whether the client was told (once per reply). */
+  private pacerOverflowed = false;
+  private pacerNoticeSent = false;
   private readonly upstreamFrames: FrameCounter;
   private readonly abortedFrames;
   private readonly uplinkFrames;
@@ -136,6 +150,10 @@ export class Session extends Actor<SessionMessage> {
 
   protected receive(m: SessionMessage): void {
     if (this.phase === 'closed') return;
+    if (m.kind === 'client-closed' && m.tooLarge === true) {
+      this.deps.metrics.badMessages.labels('too_large').inc();
+      return this.finish('too_large');
+    }
     if (m.kind === 'client-closed') return this.finish(this.phase === 'ending' ? this.endingOutcome : CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone');
     if (m.kind === 'drain') return this.sink?.drain();
     if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
@@ -212,25 +230,24 @@ export class Session extends Actor<SessionMessage> {
   }
 
   private onConversation(message: Exclude<ClientMessage, { type: 'hello' | 'ping' }>): void {
-    const upstream = this.upstream!;
     switch (message.type) {
       case 'listen':
         if (message.state === 'start') {
           // Barge-in: speaking over the reply ends it first, as the xiaozhi firmware does.
           this.interruptReply();
           this.uplink?.next(RESET);
-          upstream.send({ type: 'listen', state: 'start', mode: message.mode });
+          this.sendUp({ type: 'listen', state: 'start', mode: message.mode });
           this.setState('listening');
         } else {
           this.uplink?.next(FLUSH);
-          upstream.send({ type: 'listen', state: 'stop' });
+          this.sendUp({ type: 'listen', state: 'stop' });
           this.inputEnded();
         }
         return;
       case 'text':
         // Typing over the reply interrupts it too, as a new utterance does upstream.
         this.interruptReply();
-        upstream.send({ type: 'listen', state: 'detect', text: message.text });
+        this.sendUp({ type: 'listen', state: 'detect', text: message.text });
         this.inputEnded();
         return;
       case 'abort':
@@ -238,14 +255,14 @@ export class Session extends Actor<SessionMessage> {
         this.setState('ready');
         return;
       case 'mcp':
-        upstream.send({ type: 'mcp', payload: message.payload });
+        this.sendUp({ type: 'mcp', payload: message.payload });
         return;
     }
   }
 
   /** Ends the current reply: the upstream stops, and not one more of its frames reaches the client. */
   private abortReply(): void {
-    this.upstream!.send({ type: 'abort', reason: 'client_abort' });
+    this.sendUp({ type: 'abort', reason: 'client_abort' });
     this.discarding = true;
     this.outbound.next(DISCARD);
   }
@@ -279,6 +296,25 @@ export class Session extends Actor<SessionMessage> {
       return;
     }
     this.sendUplink(data);
+  }
+
+  /**
+   * Sends a control message up, then holds the session to its budget: an upstream that has left more
+   * than half of it unsent is not reading (a fault, reconnected like a stall); otherwise a session over
+   * its budget is so because its client is not reading either (4003).
+   */
+  private sendUp(message: UpstreamMessage): void {
+    const upstream = this.upstream!;
+    const budget = this.budget!;
+    upstream.send(message);
+    const unsent = upstream.bufferedAmount;
+    if (unsent > budget.limit / 2) {
+      this.deps.metrics.bufferOverflows.labels('upstream').inc();
+      this.failUpstream(new UpstreamError('not_reading', `${unsent} bytes unsent: the upstream is not reading`));
+    } else if (budget.used > budget.limit) {
+      this.deps.metrics.bufferOverflows.labels('client_queue').inc();
+      this.post({ kind: 'too-slow' });
+    }
   }
 
   private sendUplink(packet: Buffer): void {
@@ -317,10 +353,15 @@ export class Session extends Actor<SessionMessage> {
         error: (error: unknown) => this.post({ kind: 'pipeline-failed', error }),
       });
     }
+    const budget = new SessionBudget(config.sink.sessionBufferBytes);
+    budget.upstreamBytes = () => this.upstream?.bufferedAmount ?? 0;
+    this.budget = budget;
+    this.deps.metrics.budgets.add(budget);
     const sink = new SocketSink(
       this.socket,
       {
         ...config.sink,
+        budget,
         codec: hello.downlink.codec,
         transport: hello.downlink.transport,
         tooSlowNotice: JSON.stringify({ type: 'error', code: 'too_slow', message: 'audio was dropped here: the client is reading too slowly' }),
@@ -333,8 +374,15 @@ export class Session extends Actor<SessionMessage> {
     );
     this.sink = sink;
     const gone = this.deps.metrics.framesDropped.labels('client_gone');
-    const onDropped = (n: number, why: 'discard' | 'teardown') => (why === 'discard' ? this.abortedFrames : gone).inc(n);
-    const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, onDropped) : identity;
+    const tooSlow = this.deps.metrics.framesDropped.labels('too_slow');
+    const onDropped = (n: number, why: 'discard' | 'teardown' | 'overflow') => {
+      if (why !== 'overflow') return (why === 'discard' ? this.abortedFrames : gone).inc(n);
+      tooSlow.inc(n);
+      this.deps.metrics.bufferOverflows.labels('pacer').inc();
+      this.pacerOverflowed = true;
+    };
+    const hold = { maxMs: config.sink.queueLimitMs, budget };
+    const paced = hello.pacing.mode === 'realtime' ? pace(hello.pacing.prebufferMs, onDropped, asyncScheduler, hold) : identity;
     this.delivery = this.outbound.pipe(paced, toClient(hello.downlink.transport)).subscribe({
       next: (frame) => sink.write(frame),
       error: (error: unknown) => this.post({ kind: 'pipeline-failed', error }),
@@ -347,6 +395,9 @@ export class Session extends Actor<SessionMessage> {
     const { config } = this.deps;
     const downlink = this.hello!.downlink;
     this.connectStartedAt = performance.now();
+    this.upstreamFailing = false;
+    this.upstreamUnsent = 0;
+    this.upstreamProgressAt = this.connectStartedAt;
     this.downlink = this.upstream!.messages$.pipe(
       parse(config.upstream.protocolVersion),
       downlink.codec === 'pcm16' ? decodeOpus(downlink.sampleRate) : identity,
@@ -371,6 +422,7 @@ export class Session extends Actor<SessionMessage> {
       case 'tts':
         if (message.state === 'start') {
           this.discarding = false;
+          this.pacerOverflowed = this.pacerNoticeSent = false;
           this.setState('speaking');
         } else if (message.state === 'sentence_start') {
           if (!this.discarding) this.emit({ type: 'assistant_text', text: message.text });
@@ -417,8 +469,14 @@ export class Session extends Actor<SessionMessage> {
       this.deps.metrics.concealedFrames.inc();
       this.log.debug('upstream packet did not decode: concealed');
     }
-    if (this.discarding) this.abortedFrames.inc();
-    else this.outbound.next(frame);
+    if (this.discarding) return this.abortedFrames.inc();
+    this.outbound.next(frame);
+    // Told after the frame has gone in, not from inside the pacer's own handling of it.
+    if (this.pacerOverflowed && !this.pacerNoticeSent) {
+      this.pacerNoticeSent = true;
+      this.log.info('the upstream sends faster than the client is paced: dropping the oldest held audio');
+      this.sendError('too_slow', 'audio was dropped here: the voice service sent more than the paced queue holds');
+    }
   }
 
   private onUpstreamFailed(error: unknown): void {
@@ -427,15 +485,18 @@ export class Session extends Actor<SessionMessage> {
     this.deps.metrics.upstreamErrors.labels(kind).inc();
     this.downlink?.unsubscribe();
     this.downlink = undefined;
+    this.upstreamFailing = false;
+    // Clients hear what happened in the protocol's terms; addresses, library messages and the peer's
+    // own words go to the log, for operators.
     if (this.phase === 'connecting') {
       this.log.warn({ kind, detail }, 'upstream unavailable');
-      this.sendError('upstream_unavailable', `the voice service could not be reached: ${detail}`);
+      this.sendError('upstream_unavailable', `the voice service ${UPSTREAM_FAULTS[kind]}`);
       this.close(CloseCode.upstreamUnavailable, 'upstream unavailable', 'upstream_unavailable');
       return;
     }
     if (this.phase === 'open') {
       this.log.warn({ kind, detail }, 'upstream lost');
-      this.sendError('upstream_lost', `the voice service went away: ${detail}`);
+      this.sendError('upstream_lost', `the voice service ${UPSTREAM_FAULTS[kind]}: reconnecting`);
       this.phase = 'reconnecting';
       this.discarding = false;
       this.setState('reconnecting');
@@ -457,15 +518,27 @@ export class Session extends Actor<SessionMessage> {
 
   /** Once a second, from the gateway: a session idle too long goes; an upstream silent mid-reply is stuck. */
   private onTick(now: number): void {
-    if (this.phase !== 'open') return;
+    if (this.phase !== 'open' || this.upstreamFailing) return;
     const { limits, upstream } = this.deps.config;
-    if (this.inReply()) {
+    const unsent = this.upstream!.bufferedAmount;
+    if (unsent === 0 || unsent < this.upstreamUnsent) this.upstreamProgressAt = now;
+    this.upstreamUnsent = unsent;
+    if (now - this.upstreamProgressAt > upstream.stallTimeoutMs) {
+      this.failUpstream(new UpstreamError('not_reading', `${unsent} bytes unsent and none taken for ${upstream.stallTimeoutMs} ms`));
+    } else if (this.inReply()) {
       if (now - Math.max(this.lastUpstreamAt, this.replyDueAt) > upstream.stallTimeoutMs) {
-        this.post({ kind: 'upstream-failed', error: new UpstreamError('stall', `no word from the upstream for ${upstream.stallTimeoutMs} ms mid-reply`) });
+        this.failUpstream(new UpstreamError('stall', `no word from the upstream for ${upstream.stallTimeoutMs} ms mid-reply`));
       }
     } else if (now - Math.max(this.lastClientAt, this.lastUpstreamAt) > limits.idleTimeoutMs) {
       this.close(CloseCode.normal, 'idle', 'idle');
     }
+  }
+
+  /** Reported once per connection; the mailbox handles it after what is being handled now. */
+  private failUpstream(error: UpstreamError): void {
+    if (this.upstreamFailing) return;
+    this.upstreamFailing = true;
+    this.post({ kind: 'upstream-failed', error });
   }
 
   private inReply(): boolean {
@@ -540,6 +613,7 @@ export class Session extends Actor<SessionMessage> {
     this.delivery?.unsubscribe();
     this.outbound.complete();
     this.sink?.close(outcome === 'too_slow' ? 'too_slow' : 'client_gone');
+    if (this.budget !== undefined) this.deps.metrics.budgets.delete(this.budget);
     this.log.info({ outcome }, 'session ended');
     this.deps.onEnded(this, outcome);
   }
@@ -554,6 +628,17 @@ export function deviceIdFor(sessionId: string): string {
   bytes[0] = (bytes[0]! & 0xfe) | 0x02;
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
+
+/** What the client is told of an upstream fault, completing "the voice service …". */
+const UPSTREAM_FAULTS: Record<UpstreamErrorKind, string> = {
+  connect: 'could not be reached',
+  hello_timeout: 'did not answer in time',
+  bad_hello: 'answered with something that is not a xiaozhi hello',
+  closed: 'closed the connection',
+  socket: 'connection failed',
+  stall: 'stopped sending mid-reply',
+  not_reading: 'stopped reading what the gateway sends',
+};
 
 const RARE_TYPES = new Set(['system', 'alert', 'custom', 'iot']);
 

@@ -106,9 +106,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const registers = [registry];
   /** Every live socket sink, so that the queue depth is summed at scrape time, not kept per frame. */
   const queues = new Set<{ readonly depth: number }>();
+  /** Every live session's memory budget, summed at scrape time likewise. */
+  const budgets = new Set<{ readonly used: number }>();
   return {
     registry,
     queues,
+    budgets,
     sessionsActive: new Gauge({ name: 'voicegw_sessions_active', help: 'Client sessions open now', registers }),
     sessionsTotal: new Counter({
       name: 'voicegw_sessions_total',
@@ -148,6 +151,22 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       name: 'voicegw_session_queue_depth_frames',
       help: "A session's queue depth, observed whenever frames are left waiting for the socket to drain",
       buckets: QUEUE_BUCKETS,
+      registers,
+    }),
+    sessionBufferBytes: new Gauge({
+      name: 'voicegw_session_buffer_bytes',
+      help: 'Bytes held for sessions now, all sessions: client queues, pacers and unsent upstream data',
+      registers,
+      collect() {
+        let bytes = 0;
+        for (const budget of budgets) bytes += budget.used;
+        this.set(bytes);
+      },
+    }),
+    bufferOverflows: new Counter({
+      name: 'voicegw_buffer_overflows_total',
+      help: "Times a session's buffer reached its bound and the gateway dropped audio or closed, by buffer",
+      labelNames: ['buffer'] as const,
       registers,
     }),
     backpressureEvents: new Counter({

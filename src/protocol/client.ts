@@ -6,6 +6,8 @@ import { isObject, parseJsonObject } from './json.ts';
 
 export const PROTOCOL_VERSION = 1;
 export const DOWNLINK_RATES = [8000, 12000, 16000, 24000, 48000] as const;
+/** A ping's id is echoed in its pong; past this (as JSON) the ping is a bad_message. */
+export const MAX_PING_ID_CHARS = 256;
 /** Opus frame lengths the gateway can encode uplink PCM into. */
 export const UPLINK_FRAME_MS = [20, 40, 60] as const;
 
@@ -54,7 +56,13 @@ const messageSchemas = {
   abort: z.object({ type: z.literal('abort') }),
   // Not z.record: it reads `payload.constructor.prototype`, which a JSON key "constructor" makes throw.
   mcp: z.object({ type: z.literal('mcp'), payload: z.custom<Record<string, unknown>>(isObject, { message: 'expected a JSON object' }) }),
-  ping: z.object({ type: z.literal('ping'), id: z.unknown() }),
+  // The id is echoed back, so its size is bounded: a pong must not cost what a client chose.
+  ping: z.object({
+    type: z.literal('ping'),
+    id: z.unknown().refine((id) => id === undefined || JSON.stringify(id).length <= MAX_PING_ID_CHARS, {
+      message: `at most ${MAX_PING_ID_CHARS} characters as JSON`,
+    }),
+  }),
 } as const;
 
 export type ClientMessageType = keyof typeof messageSchemas;

@@ -1,5 +1,15 @@
 import { asyncScheduler, Observable, type MonoTypeOperatorFunction, type SchedulerLike, type Subscription } from 'rxjs';
+import type { SessionBudget } from './budget.ts';
 import type { Outbound } from './to-client.ts';
+
+/** How much audio the pacer may hold back: the same bounds as the client's queue. */
+export interface HoldLimit {
+  maxMs: number;
+  /** Shared with the session's other buffers; held audio takes its bytes from it. */
+  budget: SessionBudget | undefined;
+}
+
+const UNBOUNDED: HoldLimit = { maxMs: Infinity, budget: undefined };
 
 /**
  * Releases audio at the audio clock's rate for clients with small fixed buffers. Each reply starts by
@@ -10,7 +20,9 @@ import type { Outbound } from './to-client.ts';
  * than a frame's length is an underrun: the clock re-anchors on it instead of bursting to catch up.
  * Messages keep their place between frames. A `discard` (abort) drops every held frame at once and
  * tells `onDropped` how many; it then passes on, so that the stages after this one drop theirs. So does
- * an unsubscription (the session ended) for the frames still held then.
+ * an unsubscription (the session ended) for the frames still held then. An upstream that bursts faster
+ * than real time cannot make it hold more than `hold` allows: past it the oldest held audio goes
+ * (`overflow`), as the client's queue drops its oldest for a slow client.
  *
  * ```
  * prebuffer 120 ms, 60 ms frames, frames arriving at once:
@@ -20,19 +32,52 @@ import type { Outbound } from './to-client.ts';
  */
 export function pace(
   prebufferMs: number,
-  onDropped: (frames: number, why: 'discard' | 'teardown') => void,
+  onDropped: (frames: number, why: 'discard' | 'teardown' | 'overflow') => void,
   scheduler: SchedulerLike = asyncScheduler,
+  hold: HoldLimit = UNBOUNDED,
 ): MonoTypeOperatorFunction<Outbound> {
   return (source) =>
     new Observable<Outbound>((subscriber) => {
       let queue: Outbound[] = [];
+      let heldFrames = 0;
+      let heldMs = 0;
+      let heldBytes = 0;
       let buffering = prebufferMs > 0;
       let holdingSince = -1;
       let anchor = -1;
       let timer: Subscription | undefined;
       let ended = false;
 
-      const heldAudio = () => queue.reduce((n, q) => (q.kind === 'audio' ? n + 1 : n), 0);
+      const held = (frame: Outbound & { kind: 'audio' }, sign: 1 | -1) => {
+        heldFrames += sign;
+        heldMs += sign * frame.durationMs;
+        heldBytes += sign * frame.data.length;
+        if (sign > 0) hold.budget?.take(frame.data.length);
+        else hold.budget?.give(frame.data.length);
+      };
+
+      /** Lets go of every held frame; returns how many there were. */
+      const dropAll = (): number => {
+        const n = heldFrames;
+        hold.budget?.give(heldBytes);
+        heldFrames = heldMs = heldBytes = 0;
+        queue = queue.filter((q) => q.kind !== 'audio');
+        return n;
+      };
+
+      const overHold = () => heldMs > hold.maxMs || (hold.budget !== undefined && hold.budget.used > hold.budget.limit);
+
+      /** The newest frame always stays, as in the client's queue. */
+      const bound = (): void => {
+        let dropped = 0;
+        while (heldFrames > 1 && overHold()) {
+          const i = queue.findIndex((q) => q.kind === 'audio');
+          held(queue[i] as Outbound & { kind: 'audio' }, -1);
+          queue.splice(i, 1);
+          dropped++;
+        }
+        if (dropped > 0) onDropped(dropped, 'overflow');
+      };
 
       const startReply = () => {
         buffering = prebufferMs > 0;
@@ -73,6 +118,7 @@ export function pace(
               return;
             }
             anchor += item.durationMs;
+            held(item, -1);
           }
           queue.shift();
           // A state message ends one reply and opens the next: prebuffer again.
@@ -85,14 +131,17 @@ export function pace(
       const subscription = source.subscribe({
         next: (item) => {
           if (item.kind === 'discard') {
-            const held = heldAudio();
-            queue = queue.filter((q) => q.kind !== 'audio');
-            if (held > 0) onDropped(held, 'discard');
+            const n = dropAll();
+            if (n > 0) onDropped(n, 'discard');
             timer?.unsubscribe();
             timer = undefined;
             startReply();
           }
           queue.push(item);
+          if (item.kind === 'audio') {
+            held(item, 1);
+            bound();
+          }
           // A pending clock timer stands; a pending hold is re-judged, as this item may end it.
           if (timer === undefined || buffering) {
             timer?.unsubscribe();
@@ -108,9 +157,9 @@ export function pace(
       return () => {
         subscription.unsubscribe();
         timer?.unsubscribe();
-        const held = heldAudio();
+        const n = dropAll();
         queue = [];
-        if (held > 0) onDropped(held, 'teardown');
+        if (n > 0) onDropped(n, 'teardown');
       };
     });
 }

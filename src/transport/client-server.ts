@@ -16,8 +16,17 @@ export interface ClientServer {
   close(): void;
 }
 
-/** How far past MAX_FRAME_BYTES a frame still gets a proper 1009 rather than a cut connection. */
-const OVERSIZE_HEADROOM = 4;
+/**
+ * uWS's own payload limit. Past it uWS closes the TCP connection at the frame's header, without a close
+ * frame, and reads no more of it; below it a frame is buffered whole before the gateway sees it. So the
+ * gateway checks MAX_FRAME_BYTES itself and answers 1009, for every frame up to this ceiling: well past
+ * what any client sends by mistake, and still a bound on what one connection's frame can cost.
+ */
+const FRAME_CEILING_BYTES = 2 * 1024 * 1024;
+/** What uWS v20.30 says when it cuts a connection for a frame over its limit. */
+const UWS_TOO_BIG = 'Received too big message';
+/** RFC 6455: the one version of the protocol; uWS v20.30 upgrades whatever a client names. */
+const WEBSOCKET_VERSION = '13';
 
 /** Headroom far above the sink's high-water mark, so that uWS itself never drops a frame (send result 2). */
 const MAX_BACKPRESSURE = 64 * 1024 * 1024;
@@ -44,9 +53,7 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
 
   app.ws<SocketData>('/v1/voice', {
     compression: uWS.DISABLED,
-    // uWS cuts the TCP connection without a close frame past its own limit; the gateway checks the
-    // configured maximum itself below that, so that a client learns why (1009).
-    maxPayloadLength: config.limits.maxFrameBytes * OVERSIZE_HEADROOM,
+    maxPayloadLength: Math.max(FRAME_CEILING_BYTES, config.limits.maxFrameBytes + 1),
     maxBackpressure: MAX_BACKPRESSURE,
     closeOnBackpressureLimit: 0,
     idleTimeout: 120,
@@ -55,6 +62,10 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
       const bearer = /^Bearer\s+(.+)$/i.exec(req.getHeader('authorization'))?.[1];
       if (!authorized(bearer ?? req.getQuery('token'))) {
         res.writeStatus('401 Unauthorized').end('a valid client token is required');
+        return;
+      }
+      if (req.getHeader('sec-websocket-version') !== WEBSOCKET_VERSION) {
+        upgradeRequired(res);
         return;
       }
       res.upgrade<SocketData>(
@@ -88,13 +99,19 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
     drain: (ws) => {
       ws.getUserData().session?.post({ kind: 'drain' });
     },
-    close: (ws, code) => {
+    close: (ws, code, message) => {
       const data = ws.getUserData();
-      data.session?.post({ kind: 'client-closed', code });
+      const tooLarge = code === 1006 && Buffer.from(message).toString('latin1') === UWS_TOO_BIG;
+      data.session?.post({ kind: 'client-closed', code, tooLarge });
       data.session = undefined;
     },
   });
 
+  // A request uWS did not take for an upgrade: no Upgrade header, or a malformed Sec-WebSocket-Key.
+  app.get('/v1/voice', (res, req) => {
+    if (req.getHeader('upgrade').toLowerCase() === 'websocket') res.writeStatus('400 Bad Request').end('malformed WebSocket upgrade');
+    else upgradeRequired(res);
+  });
   app.get('/healthz', (res) => {
     res.end('ok');
   });
@@ -138,6 +155,11 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
       });
     });
   });
+}
+
+/** RFC 6455 4.4: name the version the server speaks. */
+function upgradeRequired(res: uWS.HttpResponse): void {
+  res.writeStatus('426 Upgrade Required').writeHeader('Sec-WebSocket-Version', WEBSOCKET_VERSION).end('a WebSocket (version 13) upgrade is required');
 }
 
 /** Compares digests in constant time, so that response timing says nothing about a token's prefix. */

@@ -1,5 +1,6 @@
 import type { ClientEnd, ClientFrame } from '../protocol/client.ts';
 import type { DropReason, FailReason, FrameCounter, Metrics } from '../observability/metrics.ts';
+import type { SessionBudget } from '../streams/budget.ts';
 
 /** The part of a uWS WebSocket the sink uses. */
 export interface ClientSocket {
@@ -20,6 +21,11 @@ export interface SinkOptions {
   maxQueuedMessages: number;
   /** When the audio is over its limit: drop the oldest queued audio (`too_slow`), or give up on the client. */
   policy: 'drop-oldest' | 'close';
+  /**
+   * The session's memory budget, shared with the pacer and the upstream socket: what waits here takes
+   * its bytes from it. Over it, audio goes by the policy; if text alone is over it, the client has to go.
+   */
+  budget: SessionBudget;
   codec: string;
   transport: string;
   /**
@@ -47,7 +53,8 @@ type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }> | { readonly kind: 
  * the packets of one upstream read, say) leave together, corked into one write to the kernel, at the
  * end of that turn; they go straight to the socket while its buffered amount is under the high-water
  * mark, and above it wait here, in order, until `drain`. Every audio frame ends in exactly one of
- * pushed, dropped (with reason) or failed (with reason). A closed socket is never touched: uWS throws.
+ * pushed, dropped (with reason) or failed (with reason). What waits is bounded in milliseconds of audio,
+ * in messages and in bytes (the session's budget). A closed socket is never touched: uWS throws.
  */
 export class SocketSink {
   private queue: QueuedFrame[] = [];
@@ -66,6 +73,7 @@ export class SocketSink {
   private readonly pushed: FrameCounter;
   private readonly dropped: Record<DropReason, { inc(n?: number): void }>;
   private readonly failed: Record<FailReason, { inc(n?: number): void }>;
+  private readonly overflows: { inc(): void };
 
   constructor(
     private readonly socket: ClientSocket,
@@ -80,6 +88,7 @@ export class SocketSink {
     this.dropped = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
     const f = metrics.sendFailures;
     this.failed = { closed: f.labels('closed'), backpressure_limit: f.labels('backpressure_limit') };
+    this.overflows = metrics.bufferOverflows.labels('client_queue');
   }
 
   /** Frames waiting in the sink (not counting what the socket itself buffers). */
@@ -121,6 +130,7 @@ export class SocketSink {
     while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
       const frame = this.queue[this.head]!;
       this.queue[this.head++] = undefined as never;
+      if (frame.kind !== 'end') this.options.budget.give(frame.data.length);
       if (frame.kind === 'audio') {
         this.queuedAudio--;
         this.queuedMs -= frame.durationMs;
@@ -139,6 +149,7 @@ export class SocketSink {
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') kept.push(frame);
+      else this.options.budget.give(frame.data.length);
     }
     const n = this.queuedAudio;
     this.dropped[reason].inc(n);
@@ -161,6 +172,10 @@ export class SocketSink {
     this.metrics.queues.delete(this);
     const audio = this.queuedAudio;
     if (audio > 0) this.dropped[reason].inc(audio);
+    for (let i = this.head; i < this.queue.length; i++) {
+      const frame = this.queue[i]!;
+      if (frame.kind !== 'end') this.options.budget.give(frame.data.length);
+    }
     this.queue = [];
     this.head = 0;
     this.queuedAudio = 0;
@@ -184,6 +199,7 @@ export class SocketSink {
   }
 
   private enqueue(frame: QueuedFrame): void {
+    if (frame.kind !== 'end') this.options.budget.take(frame.data.length);
     if (frame.kind === 'audio') {
       this.queuedAudio++;
       this.queuedMs += frame.durationMs;
@@ -191,24 +207,34 @@ export class SocketSink {
     this.queue.push(frame);
   }
 
-  /** Applies the slow-client policy to what is left waiting for the socket (the newest frame always stays). */
+  /**
+   * Applies the slow-client policy to what is left waiting for the socket (the newest frame always
+   * stays). Messages are never dropped: when they alone are over a bound, the client has to go.
+   */
   private bound(): void {
+    const { budget } = this.options;
     if (this.depth - this.queuedAudio > this.options.maxQueuedMessages) return this.giveUp();
-    while (this.queuedAudio > 1 && this.queuedMs > this.options.queueLimitMs) {
+    let over = false;
+    while (this.queuedAudio > 1 && (this.queuedMs > this.options.queueLimitMs || budget.used > budget.limit)) {
+      over = true;
       if (this.options.policy === 'close') return this.giveUp();
       this.dropOldestAudio();
     }
+    if (budget.used > budget.limit && this.depth > this.queuedAudio) return this.giveUp();
+    if (over) this.overflows.inc();
   }
 
   private dropOldestAudio(): void {
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') continue;
+      this.options.budget.give(frame.data.length);
       this.queuedAudio--;
       this.queuedMs -= frame.durationMs;
       this.dropped.too_slow.inc();
       if (this.noticeDue(i)) {
         this.queue[i] = { kind: 'notice', data: this.options.tooSlowNotice };
+        this.options.budget.take(this.options.tooSlowNotice.length);
         this.options.onTooSlow('dropping');
       } else {
         this.queue.splice(i, 1);
@@ -229,6 +255,7 @@ export class SocketSink {
 
   /** What waits is dropped as too_slow; the owner closes the session from the callback. */
   private giveUp(): void {
+    this.overflows.inc();
     this.close('too_slow');
     this.options.onTooSlow('gave-up');
   }

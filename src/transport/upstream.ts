@@ -25,7 +25,7 @@ export interface UpstreamOptions {
 /** About 10 s of 24 kbit/s Opus: well past any hiccup, well short of a memory problem. */
 const MAX_UPLINK_BUFFERED_BYTES = 32 * 1024;
 
-export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket' | 'stall';
+export type UpstreamErrorKind = 'connect' | 'hello_timeout' | 'bad_hello' | 'closed' | 'socket' | 'stall' | 'not_reading';
 
 export class UpstreamError extends Error {
   override name = 'UpstreamError';
@@ -96,10 +96,17 @@ export class Upstream {
         socket.removeAllListeners();
         // ws reports errors after close too; without a listener they would be thrown.
         socket.on('error', () => {});
-        if (socket.readyState === WebSocket.OPEN) socket.close(1000);
+        // A close handshake would keep unsent bytes alive until ws gives up on it: an upstream that
+        // does not read them gets the connection cut instead.
+        if (socket.readyState === WebSocket.OPEN && socket.bufferedAmount === 0) socket.close(1000);
         else socket.terminate();
       };
     });
+  }
+
+  /** Bytes sent but not yet taken by the upstream's connection: what a server that stops reading leaves here. */
+  get bufferedAmount(): number {
+    return this.socket?.bufferedAmount ?? 0;
   }
 
   /** Sends a control message once the hello is done; without an open session there is nobody to tell. */

@@ -80,9 +80,13 @@ describe('bad client input', () => {
     const gw = await res.gateway({ MAX_FRAME_BYTES: '2048' });
     const client = await res.client(gw.url);
     await client.hello();
-    client.send({ type: 'ping', id: 'x'.repeat(2048 - '{"type":"ping","id":""}'.length) });
+    const data = 'x'.repeat(2048 - '{"type":"mcp","payload":{"data":""}}'.length);
+    client.send({ type: 'mcp', payload: { data } });
+    client.send({ type: 'ping', id: 'after' });
+    await client.next((m) => m.type === 'pong');
 
-    expect((await client.next((m) => m.type === 'pong')).id).toHaveLength(2048 - 23);
+    expect(client.received.json.filter((m) => m.type === 'error')).toEqual([]);
+    expect(gw.simulator!.sessions[0]!.received.json.find((m) => m.type === 'mcp')).toMatchObject({ payload: { data } });
   });
 
   it('closes with 4001 when no hello comes within HELLO_TIMEOUT_MS', async () => {

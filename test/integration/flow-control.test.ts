@@ -347,7 +347,8 @@ describe('flow control', () => {
 
   it('answers a ping through the same ordered queue as audio: the pong comes after every frame queued before it', async () => {
     const url = await burstUpstream();
-    const gw = await res.gateway({ UPSTREAM_URL: url });
+    // The pacer may hold the whole 7 s reply, so that none of it is dropped as over the hold limit.
+    const gw = await res.gateway({ UPSTREAM_URL: url, QUEUE_LIMIT_MS: '10000', SESSION_BUFFER_BYTES: String(1024 * 1024) });
     const client = await res.client(gw.url);
     // Realtime pacing holds the burst and releases it at the audio clock: a ping sent meanwhile waits its turn.
     await client.hello({ pacing: { mode: 'realtime', prebufferMs: 0 } });

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
   DOWNLINK_RATES,
+  MAX_PING_ID_CHARS,
   UPLINK_FRAME_MS,
   negotiate,
   parseClientMessage,
@@ -194,13 +195,25 @@ describe('parseClientMessage: the other client messages', () => {
     if (!parsed.ok) expect(parsed.detail).toContain('payload');
   });
 
-  it('reads ping with any JSON id, kept as it came', () => {
+  it('reads ping with any JSON id of up to MAX_PING_ID_CHARS characters, kept as it came', () => {
     fc.assert(
-      fc.property(fc.jsonValue(), (id) => {
-        const message = accepted({ type: 'ping', id });
-        expect(message).toEqual({ type: 'ping', id: JSON.parse(JSON.stringify(id)) });
-      }),
+      fc.property(
+        fc.jsonValue().filter((id) => JSON.stringify(id).length <= MAX_PING_ID_CHARS),
+        (id) => {
+          const message = accepted({ type: 'ping', id });
+          expect(message).toEqual({ type: 'ping', id: JSON.parse(JSON.stringify(id)) });
+        },
+      ),
     );
+  });
+
+  it('refuses a ping whose id is longer than MAX_PING_ID_CHARS as JSON, since the pong would echo it', () => {
+    const atLimit = 'x'.repeat(MAX_PING_ID_CHARS - 2);
+    expect(accepted({ type: 'ping', id: atLimit })).toEqual({ type: 'ping', id: atLimit });
+    const parsed = parseClientMessage(JSON.stringify({ type: 'ping', id: `${atLimit}x` }));
+    expect(parsed).toMatchObject({ ok: false, reason: 'bad_field' });
+    expect(!parsed.ok && parsed.detail).toBe(`ping: id: at most ${MAX_PING_ID_CHARS} characters as JSON`);
+    expect(parseClientMessage(JSON.stringify({ type: 'ping', id: { deep: ['x'.repeat(60_000)] } }))).toMatchObject({ ok: false, reason: 'bad_field' });
   });
 
   it('reads ping without an id', () => {

@@ -28,7 +28,7 @@ const DEFAULTS: Config = {
     reconnect: { attempts: 5, baseMs: 250, maxMs: 5000 },
   },
   limits: { maxSessions: 1000, maxFrameBytes: 64 * 1024, helloTimeoutMs: 10_000, idleTimeoutMs: 300_000, drainDeadlineMs: 30_000 },
-  sink: { highWaterBytes: 256 * 1024, queueLimitMs: 5000, maxQueuedMessages: 1000, policy: 'drop-oldest' },
+  sink: { highWaterBytes: 256 * 1024, queueLimitMs: 5000, maxQueuedMessages: 1000, policy: 'drop-oldest', sessionBufferBytes: 256 * 1024 },
   sim: { reply: 'speech' },
 };
 
@@ -101,6 +101,7 @@ describe('loadConfig', () => {
     'SOCKET_HIGH_WATER_BYTES',
     'QUEUE_LIMIT_MS',
     'QUEUE_MAX_MESSAGES',
+    'SESSION_BUFFER_BYTES',
   ])('counts a blank %s as unset', (name) => {
     expect(loadConfig({ [name]: '' })).toEqual(DEFAULTS);
     expect(loadConfig({ [name]: '   ' })).toEqual(DEFAULTS);

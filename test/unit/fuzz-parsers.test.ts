@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { from } from 'rxjs';
-import { DOWNLINK_RATES, UPLINK_FRAME_MS, parseClientMessage, type ClientMessage, type ClientParse } from '../../src/protocol/client.ts';
+import { DOWNLINK_RATES, MAX_PING_ID_CHARS, UPLINK_FRAME_MS, parseClientMessage, type ClientMessage, type ClientParse } from '../../src/protocol/client.ts';
 import {
   decodeBinary,
   encodeBinary,
@@ -127,7 +127,7 @@ const clientMessage: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
   fc.record({ type: fc.constant('text'), text: fc.string({ minLength: 1, maxLength: 40 }) }),
   fc.constant({ type: 'abort' }),
   fc.record({ type: fc.constant('mcp'), payload: jsonObject }),
-  fc.record({ type: fc.constant('ping'), id: fc.jsonValue({ maxDepth: 2 }) }),
+  fc.record({ type: fc.constant('ping'), id: fc.jsonValue({ maxDepth: 2 }).filter((id) => JSON.stringify(id).length <= MAX_PING_ID_CHARS) }),
 );
 
 const serverMessage: fc.Arbitrary<Record<string, unknown>> = fc.oneof(

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import type { ClientFrame } from '../../src/protocol/client.ts';
 import { createMetrics, type DropReason, type Metrics } from '../../src/observability/metrics.ts';
+import { SessionBudget } from '../../src/streams/budget.ts';
 import { SocketSink, type ClientSocket, type SinkOptions } from '../../src/transport/socket-sink.ts';
 
 type SendMode = 0 | 1 | 2 | 'throw';
@@ -83,6 +84,7 @@ function setup(options: Partial<SinkOptions> = {}, metrics: Metrics = createMetr
       queueLimitMs: 5000,
       maxQueuedMessages: 1000,
       policy: 'drop-oldest',
+      budget: new SessionBudget(1024 * 1024),
       codec: 'pcm16',
       transport: 'binary',
       tooSlowNotice: 'too slow',
