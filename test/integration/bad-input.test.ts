@@ -1,11 +1,34 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
+import { connect } from 'node:net';
 import { expectedReplyShape, httpGet, isError, isState, metricValue, poll, Resources, shapeOf, upgradeStatus } from '../support/gateway.ts';
+import { RawClient } from '../support/raw-client.ts';
 
 const speech = loadSpeech();
 
 const res = new Resources();
 afterEach(() => res.dispose());
+
+/** Sends a raw HTTP request and resolves with all the server answered before it closed or went quiet. */
+function rawRequest(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host: '127.0.0.1' });
+    let answer = '';
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('latin1');
+      // A complete answer: the head, and the body its Content-Length announces.
+      const end = answer.indexOf('\r\n\r\n');
+      const length = Number(/content-length: (\d+)/i.exec(answer)?.[1] ?? -1);
+      if (end >= 0 && length >= 0 && answer.length >= end + 4 + length) {
+        socket.destroy();
+        resolve(answer);
+      }
+    });
+    socket.on('error', reject);
+    socket.on('close', () => resolve(answer));
+    socket.write(request);
+  });
+}
 
 /** A gateway in front of its own fast simulator. */
 async function gatewayWithSimulator(env: Record<string, string> = {}) {
@@ -63,6 +86,71 @@ describe('bad client input', () => {
     expect(client.received.json.map((m) => m.type)).toEqual(['error', 'hello', 'state']);
     // Nothing of the early audio went upstream.
     expect(gw.simulator!.sessions[0]!.received.audio).toEqual([]);
+  });
+
+  it.each([
+    ['one byte past 4 x MAX_FRAME_BYTES', 262_145, 1],
+    ['of 1 MiB', 1024 * 1024, 1],
+    ['of 300 kB sent as three fragments', 300_000, 3],
+    ['of 2 MiB sent as 32 fragments', 2 * 1024 * 1024, 32],
+  ])('closes with 1009 and counts too_large for a frame %s', async (_name, bytes, parts) => {
+    const gw = await res.gateway();
+    const client = await RawClient.connect(gw.port);
+    res.add(() => client.destroy());
+    client.send({ type: 'hello' });
+    await client.until((r) => r.json.some(isState('ready')));
+    client.sendFragmented(Buffer.alloc(bytes, 7), parts);
+    await client.until((r) => r.close !== undefined);
+
+    expect(client.received.close).toEqual({ code: 1009, reason: `frame of ${bytes} bytes is over the 65536-byte limit` });
+    const metrics = await poll(
+      () => gw.metrics.registry.metrics(),
+      (t) => metricValue(t, 'voicegw_sessions_total', 'outcome="too_large"') === 1,
+    );
+    expect(metricValue(metrics, 'voicegw_bad_messages_total', 'reason="too_large"')).toBe(1);
+    expect(metricValue(metrics, 'voicegw_sessions_total', 'outcome="too_large"')).toBe(1);
+  });
+
+  it('counts too_large for a frame past the 2 MiB ceiling, where uWS cuts the connection at its header without reading it', async () => {
+    const gw = await res.gateway();
+    const client = await RawClient.connect(gw.port);
+    res.add(() => client.destroy());
+    client.send({ type: 'hello' });
+    await client.until((r) => r.json.some(isState('ready')));
+    client.sendBinary(Buffer.alloc(2 * 1024 * 1024 + 1));
+    await client.ended;
+
+    expect(client.received.close).toBeUndefined();
+    const metrics = await poll(
+      () => gw.metrics.registry.metrics(),
+      (t) => metricValue(t, 'voicegw_sessions_total', 'outcome="too_large"') === 1,
+    );
+    expect(metricValue(metrics, 'voicegw_bad_messages_total', 'reason="too_large"')).toBe(1);
+    expect(metricValue(metrics, 'voicegw_sessions_total', 'outcome="too_large"')).toBe(1);
+  });
+
+  it.each([
+    ['names version 8', 'Sec-WebSocket-Version: 8\r\n', 426],
+    ['names no version', '', 426],
+    ['has a malformed key', 'Sec-WebSocket-Version: 13\r\n', 400, 'abc'],
+  ])('refuses an upgrade that %s, before any session exists', async (_name, versionLine, status, key = 'dGhlIHNhbXBsZSBub25jZQ==') => {
+    const gw = await res.gateway();
+    const answer = await rawRequest(
+      gw.port,
+      `GET /v1/voice HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n${versionLine}\r\n`,
+    );
+
+    expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${status === 426 ? 'Upgrade Required' : 'Bad Request'}`);
+    if (status === 426) expect(answer).toContain('Sec-WebSocket-Version: 13');
+    expect(gw.gateway.size).toBe(0);
+  });
+
+  it('answers a plain GET of the voice endpoint with 426 and the WebSocket version it speaks', async () => {
+    const gw = await res.gateway();
+    const answer = await rawRequest(gw.port, 'GET /v1/voice HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+
+    expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 426 Upgrade Required');
+    expect(answer).toContain('Sec-WebSocket-Version: 13');
   });
 
   it('closes with 1009 on a frame over MAX_FRAME_BYTES', async () => {

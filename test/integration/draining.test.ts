@@ -1,71 +1,20 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
-import { closedPort, expectedReplyShape, httpGet, isError, isState, poll, Resources, shapeOf, type TestClient } from '../support/gateway.ts';
+import { expectedReplyShape, httpGet, isError, isState, poll, Resources, shapeOf, type TestClient } from '../support/gateway.ts';
+import { Children, EXIT_MS, within } from '../support/gateway-process.ts';
 
 // The real process: `node --import tsx src/main.ts`, SIGTERM and all. Its upstream is a simulator run
 // here, paced as xiaozhi-esp32-server paces speech, so that a reply takes about seven seconds.
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const speech = loadSpeech();
 const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
-/** How long the child may take to start, and to exit once it should. */
-const START_MS = 15_000;
-const EXIT_MS = 5_000;
-
-interface Child {
-  process: ChildProcess;
-  port: number;
-  url: string;
-  output: string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
 
 const res = new Resources();
-const children: ChildProcess[] = [];
+const children = new Children();
 afterEach(async () => {
-  for (const child of children.splice(0)) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  children.kill();
   await res.dispose();
 });
-
-/** Rejects naming `what` unless `promise` settles within `ms`. */
-function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Starts the gateway on a free loopback port in front of `upstreamUrl`; resolves once it listens. */
-async function startGatewayProcess(upstreamUrl: string, env: Record<string, string>): Promise<Child> {
-  const port = await closedPort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
-    cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), UPSTREAM_URL: upstreamUrl, LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  const run: Child = {
-    process: child,
-    port,
-    url: `ws://127.0.0.1:${port}/v1/voice`,
-    output: '',
-    exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
-  };
-  const listening = new Promise<void>((resolve, reject) => {
-    const onData = (d: Buffer) => {
-      run.output += d.toString('utf8');
-      if (run.output.includes('"voicegw listening"')) resolve();
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    void run.exited.then(({ code }) => reject(new Error(`the gateway exited (${code}) before listening:\n${run.output}`)));
-  });
-  await within(START_MS, 'the gateway to listen', listening);
-  return run;
-}
 
 /** Connects, says hello, asks for a reply and resolves once its first audio frame has arrived. */
 async function replyUnderWay(url: string): Promise<TestClient> {
@@ -82,7 +31,7 @@ const afterHello = (client: TestClient) => client.received.order.slice(2);
 describe('draining on SIGTERM', () => {
   it('stops accepting, lets the reply in progress finish whole, then closes it with 1001 and exits 0', async () => {
     const sim = await res.simulator({ pacing: 'xiaozhi' });
-    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: '20000' });
+    const gw = await children.start(sim.url, { DRAIN_DEADLINE_MS: '20000' });
     const client = await replyUnderWay(gw.url);
     gw.process.kill('SIGTERM');
     const sigtermAt = performance.now();
@@ -111,7 +60,7 @@ describe('draining on SIGTERM', () => {
   it('cuts the reply in progress at DRAIN_DEADLINE_MS with 1001, then exits 0', async () => {
     const sim = await res.simulator({ pacing: 'xiaozhi' });
     const deadlineMs = 500;
-    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: String(deadlineMs) });
+    const gw = await children.start(sim.url, { DRAIN_DEADLINE_MS: String(deadlineMs) });
     const client = await replyUnderWay(gw.url);
     gw.process.kill('SIGTERM');
     const sigtermAt = performance.now();
@@ -134,7 +83,7 @@ describe('draining on SIGTERM', () => {
 
   it('closes a session between replies with 1001 at once, then exits 0', async () => {
     const sim = await res.simulator({ pacing: 'xiaozhi' });
-    const gw = await startGatewayProcess(sim.url, { DRAIN_DEADLINE_MS: '20000' });
+    const gw = await children.start(sim.url, { DRAIN_DEADLINE_MS: '20000' });
     const client = await res.client(gw.url);
     await client.hello();
     gw.process.kill('SIGTERM');

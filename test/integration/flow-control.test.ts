@@ -3,8 +3,10 @@ import vm from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
+  expectAccountingAfterEnd,
   expectedReplyShape,
   httpGet,
+  isError,
   isState,
   metricSum,
   metricValue,
@@ -397,5 +399,31 @@ describe('flow control', () => {
     const text = await scrape(gw);
     expect(metricValue(text, 'voicegw_sessions_total', 'outcome="idle"')).toBe(1);
     expect(metricValue(text, 'voicegw_sessions_active')).toBe(1);
+  });
+
+  it('holds at most QUEUE_LIMIT_MS of a 5,000-packet burst for a realtime-paced client, drops and counts the oldest of the rest, and tells the client once', async () => {
+    const packet = speech.sentences[0]!.packets[0]!;
+    const burst = 5000;
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'hello') sendJson(ws, SERVER_HELLO);
+      if (m.type !== 'listen' || m.state !== 'detect') return;
+      sendJson(ws, { type: 'tts', state: 'start' });
+      for (let i = 0; i < burst; i++) ws.send(packet);
+    });
+    const gw = await res.gateway({ UPSTREAM_URL: url, QUEUE_LIMIT_MS: '5000' });
+    const client = await res.client(gw.url);
+    await client.hello({ pacing: { mode: 'realtime', prebufferMs: 0 } });
+    client.send({ type: 'text', text: 'Say everything at once.' });
+    const text = await waitForMetrics(gw, 'the burst to reach the gateway', (t) => upstreamFrames(t) === burst);
+
+    // The pacer keeps the newest 4,980 ms (83 frames of 60 ms); the client has had what was due meanwhile.
+    const pushed = metricSum(text, 'voicegw_frames_pushed_total');
+    const dropped = metricValue(text, 'voicegw_frames_dropped_total', 'reason="too_slow"');
+    expect(burst - pushed - dropped).toBeLessThanOrEqual(83);
+    expect(metricValue(text, 'voicegw_session_buffer_bytes')).toBeLessThanOrEqual(83 * 24 * FRAME_MS * 2);
+    expect(metricValue(text, 'voicegw_buffer_overflows_total', 'buffer="pacer"')).toBeGreaterThan(0);
+    await client.next(isError('too_slow'));
+    expect(client.received.json.filter(isError('too_slow'))).toHaveLength(1);
+    await expectAccountingAfterEnd(gw, client);
   });
 });

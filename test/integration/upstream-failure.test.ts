@@ -1,4 +1,7 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { WebSocket } from 'ws';
 import { loadSpeech, type Speech } from '../../src/sim/speech.ts';
 import {
   closedPort,
@@ -251,5 +254,71 @@ describe('upstream failures', () => {
 
     expect(reply.map(shapeOf)).toEqual(expectedReplyShape(speech.sentences));
     expect(kept.received.json.some(isError('upstream_lost'))).toBe(false);
+  });
+});
+
+describe('what clients are told of upstream failures', () => {
+  /** Every word of the gateway's own a client saw: error messages and the close reason. */
+  async function toldAfterHello(client: TestClient): Promise<string[]> {
+    client.send({ type: 'hello' });
+    const { reason } = await client.closed;
+    return [...client.received.json.filter((m) => m.type === 'error').map((m) => String(m.message)), reason];
+  }
+
+  function expectNothingInternal(told: string[], ...secrets: string[]): void {
+    const all = told.join('\n');
+    expect(all).not.toMatch(/\d+\.\d+\.\d+\.\d+|localhost|:\d{2,5}\b|ws:\/\/|unexpected server response/i);
+    expect(all).not.toMatch(/E[A-Z]{4,}/);
+    for (const secret of secrets) expect(all).not.toContain(secret);
+  }
+
+  it('names neither the address nor the port of an upstream that refuses the connection', async () => {
+    const port = await closedPort();
+    const gw = await res.gateway({ UPSTREAM_URL: `ws://127.0.0.1:${port}/xiaozhi/v1/` });
+    const told = await toldAfterHello(await res.client(gw.url));
+
+    expect(told[0]).toBe('the voice service could not be reached');
+    expectNothingInternal(told, String(port));
+  });
+
+  it('does not pass on the HTTP status or the words of an upstream that refuses the upgrade', async () => {
+    const server = createServer((_req, response) => response.writeHead(401, { 'Content-Type': 'text/plain' }).end('token sk-live-0123 is revoked'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    res.add(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const port = (server.address() as AddressInfo).port;
+    const gw = await res.gateway({ UPSTREAM_URL: `ws://127.0.0.1:${port}/xiaozhi/v1/` });
+    const told = await toldAfterHello(await res.client(gw.url));
+
+    expect(told[0]).toBe('the voice service could not be reached');
+    expectNothingInternal(told, '401', 'sk-live-0123', String(port));
+  });
+
+  it("does not echo an upstream's first message when it is not a hello", async () => {
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'hello') sendJson(ws, { type: 'welcome', secret: 'internal-build-7f3a on 10.1.2.3' });
+    });
+    const gw = await res.gateway({ UPSTREAM_URL: url });
+    const told = await toldAfterHello(await res.client(gw.url));
+
+    expect(told[0]).toBe('the voice service answered with something that is not a xiaozhi hello');
+    expectNothingInternal(told, 'internal-build-7f3a', 'welcome');
+  });
+
+  it("does not pass on an upstream's close reason when it closes an open session", async () => {
+    let upstream: WebSocket | undefined;
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type !== 'hello') return;
+      upstream = ws;
+      sendJson(ws, SERVER_HELLO);
+    });
+    const gw = await res.gateway({ UPSTREAM_URL: url, UPSTREAM_RECONNECT_ATTEMPTS: '0' });
+    const client = await res.client(gw.url);
+    await client.hello();
+    upstream!.close(4000, 'shard db-7 at 10.9.8.7 overloaded');
+    const { reason } = await client.closed;
+    const told = [...client.received.json.filter((m) => m.type === 'error').map((m) => String(m.message)), reason];
+
+    expect(told).toEqual(['the voice service closed the connection: reconnecting', 'the voice service did not come back after 0 attempts', 'upstream lost']);
+    expectNothingInternal(told, 'db-7', 'overloaded');
   });
 });

@@ -2,6 +2,7 @@
 // per-session fault modes) and serves its reconnects healthily, so each test follows the whole path
 // from the fault through the documented error and state sequence to a recovered session that speaks.
 import { createHash } from 'node:crypto';
+import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
 import type { Fault, SessionOptions, Simulator } from '../../src/sim/simulator.ts';
@@ -20,6 +21,7 @@ import {
   type TestClient,
   type TestGateway,
 } from '../support/gateway.ts';
+import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
 
 const speech = loadSpeech();
 const res = new Resources();
@@ -220,5 +222,47 @@ describe('upstream faults driven by the simulator', () => {
     // The big message was refused by its header: it never became a frame.
     expect(metricValue(text, 'voicegw_decode_errors_total')).toBe(0);
     await expectAccountingAfterEnd(gw, client);
+  });
+
+  it('treats an upstream that stops reading as a fault: upstream_lost, reconnecting, then ready on a connection that reads, with the session never over its budget', async () => {
+    const budget = 256 * 1024;
+    let connections = 0;
+    const received: number[] = [];
+    const url = await fakeUpstream(res, (ws, m) => {
+      if (m.type === 'mcp') received.push(connections);
+      if (m.type !== 'hello') return;
+      connections++;
+      sendJson(ws, SERVER_HELLO);
+      // The first connection stops reading once it has answered: what the gateway sends it piles up.
+      if (connections === 1) (ws as unknown as { _socket: Socket })._socket.pause();
+    });
+    const gw = await res.gateway({ UPSTREAM_URL: url, SESSION_BUFFER_BYTES: String(budget), ...env() });
+    const client = await res.client(gw.url);
+    await client.hello();
+    const mcp = { type: 'mcp', payload: { blob: 'x'.repeat(60_000) } };
+    let peak = 0;
+    // The kernel's buffers take the first megabytes; the gateway's own holding begins after them.
+    for (let batch = 0; batch < 200 && !client.received.json.some(isError('upstream_lost')); batch++) {
+      for (let i = 0; i < 10; i++) client.send(mcp);
+      await sync(client, `batch ${batch}`);
+      peak = Math.max(peak, metricValue(await gw.metrics.registry.metrics(), 'voicegw_session_buffer_bytes'));
+    }
+    await client.next(isState('ready'), 2);
+    client.send(mcp);
+    await sync(client, 'after');
+    await poll(async () => received.length, () => received.includes(2));
+
+    const lost = client.received.json.findIndex(isError('upstream_lost'));
+    expect(client.received.json[lost]!.message).toBe('the voice service stopped reading what the gateway sends: reconnecting');
+    expect(client.received.json.slice(lost + 1).filter((m) => m.type === 'state')).toEqual([
+      { type: 'state', state: 'reconnecting' },
+      { type: 'state', state: 'ready' },
+    ]);
+    expect(received.at(-1)).toBe(2);
+    expect(peak).toBeLessThanOrEqual(budget);
+    const text = await gw.metrics.registry.metrics();
+    expect(metricValue(text, 'voicegw_upstream_errors_total', 'kind="not_reading"')).toBe(1);
+    expect(metricValue(text, 'voicegw_buffer_overflows_total', 'buffer="upstream"')).toBe(1);
+    expect(metricValue(text, 'voicegw_session_buffer_bytes')).toBeLessThanOrEqual(budget);
   });
 });

@@ -104,6 +104,15 @@ export class RawClient {
     this.frame(OP_BINARY, data);
   }
 
+  /** Sends one binary message as `parts` frames of about equal size: a first frame and continuations. */
+  sendFragmented(data: Buffer, parts: number): void {
+    const size = Math.ceil(data.length / parts);
+    for (let i = 0; i < parts; i++) {
+      const fin = i === parts - 1;
+      this.frame(i === 0 ? OP_BINARY : OP_CONTINUATION, data.subarray(i * size, fin ? data.length : (i + 1) * size), fin);
+    }
+  }
+
   /** Sends a close frame; the server answers with its own and ends the connection. */
   sendClose(code = 1000, reason = ''): void {
     const payload = Buffer.alloc(2 + Buffer.byteLength(reason));
@@ -128,12 +137,12 @@ export class RawClient {
     return this.socket.destroyed;
   }
 
-  private frame(opcode: number, payload: Buffer): void {
+  private frame(opcode: number, payload: Buffer, fin = true): void {
     if (this.socket.destroyed || !this.socket.writable) return;
     const mask = randomBytes(4);
     const n = payload.length;
     const header = n < 126 ? Buffer.alloc(2) : n < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
-    header[0] = 0x80 | opcode;
+    header[0] = (fin ? 0x80 : 0) | opcode;
     if (n < 126) header[1] = 0x80 | n;
     else if (n < 65536) {
       header[1] = 0x80 | 126;
