@@ -2,7 +2,7 @@ import { pathToFileURL } from 'node:url';
 import { Gateway } from './actors/gateway.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/log.ts';
-import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { createMetrics, recordInfo, type Metrics } from './observability/metrics.ts';
 import { startSimulator, type Simulator } from './sim/simulator.ts';
 import { startClientServer } from './transport/client-server.ts';
 
@@ -25,6 +25,7 @@ export async function startGateway(config: Config, logger: Logger, metrics: Metr
   if (config.upstream.deviceId !== undefined) {
     logger.warn('UPSTREAM_DEVICE_ID is set: every session shares one Device-Id, so the upstream mixes their conversation memory');
   }
+  recordInfo(metrics, { maxSessions: config.limits.maxSessions, ...config.sink });
   const gateway = new Gateway({ config, upstreamUrl, metrics, logger });
   const server = await startClientServer(gateway, config, metrics, logger).catch(async (error: unknown) => {
     await simulator?.close();

@@ -108,6 +108,7 @@ export class Gateway extends Actor<GatewayMessage> {
   private admit(socket: SessionSocket, attach: (session: Session) => void): void {
     if (!this.accepting) {
       this.deps.metrics.sessionsTotal.labels('refused').inc();
+      this.deps.metrics.clientCloses.labels(String(CloseCode.tryAgainLater)).inc();
       const message = this.closing ? 'the gateway is shutting down: try again later' : 'the gateway is at capacity: try again later';
       socket.send(JSON.stringify({ type: 'error', code: 'overloaded', message }), false);
       socket.end(CloseCode.tryAgainLater, this.closing ? 'shutting down' : 'at capacity');

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { asyncScheduler, identity, Subject, type Subscription } from 'rxjs';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
-import type { FrameCounter, Metrics } from '../observability/metrics.ts';
+import { closeCodeLabel, type FrameCounter, type Metrics } from '../observability/metrics.ts';
 import {
   CloseCode,
   negotiate,
@@ -27,6 +27,7 @@ import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamOptions }
 
 type UpstreamMessage = Parameters<Upstream['send']>[0];
 import { Actor } from './actor.ts';
+import { SessionReport, type Playout, type ReplyOutcome } from './session-report.ts';
 
 export type SessionSocket = ClientSocket;
 
@@ -128,6 +129,7 @@ export class Session extends Actor<SessionMessage> {
   /** The pacer dropped audio of this reply; and whether the client was told (once per reply). */
   private pacerOverflowed = false;
   private pacerNoticeSent = false;
+  private readonly report: SessionReport;
   private readonly upstreamFrames: FrameCounter;
   private readonly abortedFrames;
   private readonly uplinkFrames;
@@ -141,6 +143,7 @@ export class Session extends Actor<SessionMessage> {
     super();
     this.id = id;
     this.log = deps.logger.child({ sessionId: id });
+    this.report = new SessionReport(deps.metrics);
     this.upstreamFrames = deps.metrics.upstreamFrames.cell();
     this.abortedFrames = deps.metrics.framesDropped.labels('aborted');
     this.uplinkFrames = deps.metrics.uplinkFrames;
@@ -152,9 +155,9 @@ export class Session extends Actor<SessionMessage> {
     if (this.phase === 'closed') return;
     if (m.kind === 'client-closed' && m.tooLarge === true) {
       this.deps.metrics.badMessages.labels('too_large').inc();
-      return this.finish('too_large');
+      return this.finish('too_large', m.code);
     }
-    if (m.kind === 'client-closed') return this.finish(this.phase === 'ending' ? this.endingOutcome : CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone');
+    if (m.kind === 'client-closed') return this.finish(this.phase === 'ending' ? this.endingOutcome : CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone', m.code);
     if (m.kind === 'drain') return this.sink?.drain();
     if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
     if (m.kind === 'too-slow') return this.abandon(CloseCode.tooSlow, 'client too slow', 'too_slow');
@@ -222,6 +225,7 @@ export class Session extends Actor<SessionMessage> {
       return;
     }
     if (message.type === 'hello') this.sendError('bad_message', 'hello was already received');
+    else if (message.type === 'playout') this.onPlayout(message);
     else if (message.type === 'ping') this.emit({ type: 'pong', id: message.id });
     else if (this.phase === 'connecting') this.sendError('hello_required', `wait for the gateway's hello before ${message.type}`);
     else if (this.phase === 'reconnecting' && message.type === 'abort') this.outbound.next(DISCARD);
@@ -229,7 +233,15 @@ export class Session extends Actor<SessionMessage> {
     else this.onConversation(message);
   }
 
-  private onConversation(message: Exclude<ClientMessage, { type: 'hello' | 'ping' }>): void {
+  /** Not relayed: what the client hears is for the operators' metrics. */
+  private onPlayout(report: Playout): void {
+    const wrong = this.report.playout(report);
+    if (wrong === undefined) return;
+    this.deps.metrics.badMessages.labels('bad_field').inc();
+    this.sendError('bad_message', wrong);
+  }
+
+  private onConversation(message: Exclude<ClientMessage, { type: 'hello' | 'ping' | 'playout' }>): void {
     switch (message.type) {
       case 'listen':
         if (message.state === 'start') {
@@ -262,6 +274,7 @@ export class Session extends Actor<SessionMessage> {
 
   /** Ends the current reply: the upstream stops, and not one more of its frames reaches the client. */
   private abortReply(): void {
+    this.report.replyEnded('aborted');
     this.sendUp({ type: 'abort', reason: 'client_abort' });
     this.discarding = true;
     this.outbound.next(DISCARD);
@@ -376,6 +389,7 @@ export class Session extends Actor<SessionMessage> {
     const gone = this.deps.metrics.framesDropped.labels('client_gone');
     const tooSlow = this.deps.metrics.framesDropped.labels('too_slow');
     const onDropped = (n: number, why: 'discard' | 'teardown' | 'overflow') => {
+      this.report.droppedEarly += n;
       if (why !== 'overflow') return (why === 'discard' ? this.abortedFrames : gone).inc(n);
       tooSlow.inc(n);
       this.deps.metrics.bufferOverflows.labels('pacer').inc();
@@ -423,6 +437,7 @@ export class Session extends Actor<SessionMessage> {
         if (message.state === 'start') {
           this.discarding = false;
           this.pacerOverflowed = this.pacerNoticeSent = false;
+          this.report.replyStarted();
           this.setState('speaking');
         } else if (message.state === 'sentence_start') {
           if (!this.discarding) this.emit({ type: 'assistant_text', text: message.text });
@@ -430,6 +445,7 @@ export class Session extends Actor<SessionMessage> {
           // The aborted reply's end: the session has moved on already (ready, or listening on barge-in).
           this.discarding = false;
         } else {
+          this.report.replyEnded('complete');
           this.setState('ready');
         }
         return;
@@ -448,6 +464,7 @@ export class Session extends Actor<SessionMessage> {
     this.reconnectAttempts = 0;
     if (this.phase === 'reconnecting') {
       this.phase = 'open';
+      this.deps.metrics.upstreamReconnects.labels('recovered').inc();
       this.log.info('upstream recovered');
       this.setState('ready');
       return;
@@ -469,7 +486,10 @@ export class Session extends Actor<SessionMessage> {
       this.deps.metrics.concealedFrames.inc();
       this.log.debug('upstream packet did not decode: concealed');
     }
-    if (this.discarding) return this.abortedFrames.inc();
+    if (this.discarding) {
+      this.report.droppedEarly++;
+      return this.abortedFrames.inc();
+    }
     this.outbound.next(frame);
     // Told after the frame has gone in, not from inside the pacer's own handling of it.
     if (this.pacerOverflowed && !this.pacerNoticeSent) {
@@ -495,6 +515,7 @@ export class Session extends Actor<SessionMessage> {
       return;
     }
     if (this.phase === 'open') {
+      this.report.replyEnded('upstream_lost');
       this.log.warn({ kind, detail }, 'upstream lost');
       this.sendError('upstream_lost', `the voice service ${UPSTREAM_FAULTS[kind]}: reconnecting`);
       this.phase = 'reconnecting';
@@ -507,6 +528,7 @@ export class Session extends Actor<SessionMessage> {
     }
     const { attempts, baseMs, maxMs } = this.deps.config.upstream.reconnect;
     if (this.reconnectAttempts >= attempts) {
+      this.deps.metrics.upstreamReconnects.labels('failed').inc();
       this.sendError('upstream_unavailable', `the voice service did not come back after ${attempts} attempts`);
       this.close(CloseCode.upstreamUnavailable, 'upstream lost', 'upstream_lost');
       return;
@@ -591,7 +613,7 @@ export class Session extends Actor<SessionMessage> {
 
   /** Closes now: whatever the client has yet to receive is dropped. */
   private abandon(code: number, reason: string, outcome: SessionOutcome): void {
-    this.finish(outcome);
+    this.finish(outcome, code);
     try {
       this.socket.end(code, reason);
     } catch {
@@ -606,15 +628,17 @@ export class Session extends Actor<SessionMessage> {
     this.uplink?.complete();
   }
 
-  private finish(outcome: SessionOutcome): void {
+  private finish(outcome: SessionOutcome, code: number): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.report.replyEnded(replyCutBy(outcome));
+    this.deps.metrics.clientCloses.labels(closeCodeLabel(code)).inc();
     this.stopUpstream();
     this.delivery?.unsubscribe();
     this.outbound.complete();
     this.sink?.close(outcome === 'too_slow' ? 'too_slow' : 'client_gone');
     if (this.budget !== undefined) this.deps.metrics.budgets.delete(this.budget);
-    this.log.info({ outcome }, 'session ended');
+    this.log.info(this.report.summary(outcome, code, this.sink?.tally ?? NO_FRAMES), 'session ended');
     this.deps.onEnded(this, outcome);
   }
 }
@@ -627,6 +651,14 @@ export function deviceIdFor(sessionId: string): string {
   const bytes = createHash('sha256').update(sessionId).digest().subarray(0, 6);
   bytes[0] = (bytes[0]! & 0xfe) | 0x02;
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+const NO_FRAMES = { pushed: 0, dropped: 0, failed: 0 };
+
+/** How a session's end cuts a reply still in progress. */
+function replyCutBy(outcome: SessionOutcome): ReplyOutcome {
+  if (outcome === 'shutdown') return 'shutdown';
+  return outcome === 'upstream_lost' || outcome === 'upstream_unavailable' ? 'upstream_lost' : 'client_gone';
 }
 
 /** What the client is told of an upstream fault, completing "the voice service …". */

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type Metric, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 
 // Every metric of the gateway, defined once (names as in DESIGN.md). Never a per-session label: a
@@ -9,6 +10,16 @@ const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
 const INTERVAL_BUCKETS = [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2];
 const HUMAN_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10];
 const QUEUE_BUCKETS = [0, 1, 2, 5, 10, 20, 50, 100, 200];
+/** A client's jitter buffer: empty is an underrun in waiting, a few hundred milliseconds is usual. */
+const PLAYOUT_BUCKETS = [0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1, 2, 5];
+/** A spoken reply: a sentence or two, up to a long story. */
+const REPLY_BUCKETS = [0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120];
+
+/** Close codes the protocol names (docs/protocol.md), and 1005/1006 from the socket; the rest fold into `other`. */
+const CLOSE_CODES = new Set([1000, 1001, 1005, 1006, 1008, 1009, 1011, 1013, 4001, 4002, 4003]);
+export const closeCodeLabel = (code: number): string => (CLOSE_CODES.has(code) ? String(code) : 'other');
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 export type DropReason = 'aborted' | 'too_slow' | 'client_gone';
 export type FailReason = 'closed' | 'backpressure_limit';
@@ -235,7 +246,69 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['reason'] as const,
       registers,
     }),
+    clientCloses: new Counter({
+      name: 'voicegw_client_closes_total',
+      help: 'Client sessions ended, by the WebSocket close code (either side; 1006: the connection was cut)',
+      labelNames: ['code'] as const,
+      registers,
+    }),
+    upstreamReconnects: new Counter({
+      name: 'voicegw_upstream_reconnects_total',
+      help: 'Sessions that lost their upstream mid-session, by how reconnecting ended: recovered, or failed (4002)',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    replies: new Counter({
+      name: 'voicegw_replies_total',
+      help: 'Spoken replies ended, by outcome: complete, aborted (barge-in or abort), upstream_lost, shutdown, client_gone',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    replyDuration: new Histogram({
+      name: 'voicegw_reply_duration_seconds',
+      help: 'A reply from its first word (tts start) to its end, whatever the outcome',
+      buckets: REPLY_BUCKETS,
+      registers,
+    }),
+    clientUnderruns: new Counter({
+      name: 'voicegw_client_underruns_total',
+      help: "Times a client's jitter buffer ran dry while audio was due, from its playout reports",
+      registers,
+    }),
+    clientBuffer: new Histogram({
+      name: 'voicegw_client_buffer_seconds',
+      help: "Audio in a client's jitter buffer when it reported, from its playout reports",
+      buckets: PLAYOUT_BUCKETS,
+      registers,
+    }),
+    clientPlayed: new Counter({
+      name: 'voicegw_client_played_seconds_total',
+      help: 'Audio clients report having played, from their playout reports',
+      registers,
+    }),
+    buildInfo: new Gauge({
+      name: 'voicegw_build_info',
+      help: 'Always 1: the running version of voicegw and of Node.js',
+      labelNames: ['version', 'node'] as const,
+      registers,
+    }),
+    configInfo: new Gauge({
+      name: 'voicegw_config_info',
+      help: 'Always 1: the limits in force that dashboards draw lines for',
+      labelNames: ['max_sessions', 'slow_client_policy', 'queue_limit_ms', 'session_buffer_bytes'] as const,
+      registers,
+    }),
+    sessionsMax: new Gauge({ name: 'voicegw_sessions_max', help: 'Sessions the gateway admits at most (MAX_SESSIONS)', registers }),
   };
+}
+
+/** States what is running and the limits in force, once at start. */
+export function recordInfo(metrics: Metrics, limits: { maxSessions: number; policy: string; queueLimitMs: number; sessionBufferBytes: number }): void {
+  metrics.buildInfo.labels(VERSION, process.version).set(1);
+  metrics.configInfo
+    .labels(String(limits.maxSessions), limits.policy, String(limits.queueLimitMs), String(limits.sessionBufferBytes))
+    .set(1);
+  metrics.sessionsMax.set(limits.maxSessions);
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

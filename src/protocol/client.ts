@@ -8,6 +8,8 @@ export const PROTOCOL_VERSION = 1;
 export const DOWNLINK_RATES = [8000, 12000, 16000, 24000, 48000] as const;
 /** A ping's id is echoed in its pong; past this (as JSON) the ping is a bad_message. */
 export const MAX_PING_ID_CHARS = 256;
+/** A playout figure past a year of audio is not a measurement. */
+const MAX_PLAYOUT_MS = 365 * 24 * 3600 * 1000;
 /** Opus frame lengths the gateway can encode uplink PCM into. */
 export const UPLINK_FRAME_MS = [20, 40, 60] as const;
 
@@ -56,6 +58,13 @@ const messageSchemas = {
   abort: z.object({ type: z.literal('abort') }),
   // Not z.record: it reads `payload.constructor.prototype`, which a JSON key "constructor" makes throw.
   mcp: z.object({ type: z.literal('mcp'), payload: z.custom<Record<string, unknown>>(isObject, { message: 'expected a JSON object' }) }),
+  // What a client that plays the audio hears (PROTOCOL.md): counted for operators, never relayed.
+  playout: z.object({
+    type: z.literal('playout'),
+    bufferedMs: z.number().nonnegative().max(MAX_PLAYOUT_MS),
+    underruns: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+    playedMs: z.number().nonnegative().max(MAX_PLAYOUT_MS),
+  }),
   // The id is echoed back, so its size is bounded: a pong must not cost what a client chose.
   ping: z.object({
     type: z.literal('ping'),
