@@ -225,9 +225,9 @@ export class Session extends Actor<SessionMessage> {
       return;
     }
     if (message.type === 'hello') this.sendError('bad_message', 'hello was already received');
-    else if (message.type === 'playout') this.onPlayout(message);
     else if (message.type === 'ping') this.emit({ type: 'pong', id: message.id });
     else if (this.phase === 'connecting') this.sendError('hello_required', `wait for the gateway's hello before ${message.type}`);
+    else if (message.type === 'playout') this.onPlayout(message);
     else if (this.phase === 'reconnecting' && message.type === 'abort') this.outbound.next(DISCARD);
     else if (this.phase === 'reconnecting') this.sendError('upstream_lost', `reconnecting to the voice service: ${message.type} was not sent`);
     else this.onConversation(message);
@@ -312,9 +312,9 @@ export class Session extends Actor<SessionMessage> {
   }
 
   /**
-   * Sends a control message up, then holds the session to its budget: an upstream that has left more
-   * than half of it unsent is not reading (a fault, reconnected like a stall); otherwise a session over
-   * its budget is so because its client is not reading either (4003).
+   * Sends a control message up, then holds the upstream to its share of the session's budget: one that
+   * has left more than half of it unsent is not reading (a fault, reconnected like a stall). What the
+   * client side holds makes room for the rest at its next write (socket-sink, pace).
    */
   private sendUp(message: UpstreamMessage): void {
     const upstream = this.upstream!;
@@ -324,9 +324,6 @@ export class Session extends Actor<SessionMessage> {
     if (unsent > budget.limit / 2) {
       this.deps.metrics.bufferOverflows.labels('upstream').inc();
       this.failUpstream(new UpstreamError('not_reading', `${unsent} bytes unsent: the upstream is not reading`));
-    } else if (budget.used > budget.limit) {
-      this.deps.metrics.bufferOverflows.labels('client_queue').inc();
-      this.post({ kind: 'too-slow' });
     }
   }
 

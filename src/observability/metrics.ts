@@ -21,8 +21,10 @@ export const closeCodeLabel = (code: number): string => (CLOSE_CODES.has(code) ?
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
-export type DropReason = 'aborted' | 'too_slow' | 'client_gone';
-export type FailReason = 'closed' | 'backpressure_limit';
+const DROP_REASONS = ['aborted', 'too_slow', 'client_gone'] as const;
+const FAIL_REASONS = ['closed', 'backpressure_limit'] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+export type FailReason = (typeof FAIL_REASONS)[number];
 
 /** A counter bumped once per audio frame: the hot path adds to a plain number, read at scrape time. */
 export interface FrameCounter {
@@ -119,7 +121,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
   const queues = new Set<{ readonly depth: number }>();
   /** Every live session's memory budget, summed at scrape time likewise. */
   const budgets = new Set<{ readonly used: number }>();
-  return {
+  const metrics = {
     registry,
     queues,
     budgets,
@@ -300,6 +302,10 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     }),
     sessionsMax: new Gauge({ name: 'voicegw_sessions_max', help: 'Sessions the gateway admits at most (MAX_SESSIONS)', registers }),
   };
+  // A frame's fates exist from the start at 0, so that ratios and alerts over them have a series to read.
+  for (const reason of DROP_REASONS) metrics.framesDropped.labels(reason).inc(0);
+  for (const reason of FAIL_REASONS) metrics.sendFailures.labels(reason).inc(0);
+  return metrics;
 }
 
 /** States what is running and the limits in force, once at start. */

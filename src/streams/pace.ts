@@ -89,8 +89,11 @@ export function pace(
         if (ended) return true;
         let ms = 0;
         for (const item of queue) {
-          if (item.kind === 'audio') ms += item.durationMs;
-          else if (item.kind === 'end' || (item.kind === 'message' && item.message.type === 'state')) return true;
+          if (item.kind === 'audio') {
+            ms += item.durationMs;
+            // A prebuffer as long as the hold limit could never fill: one more frame would be over it.
+            if (ms + item.durationMs > hold.maxMs) return true;
+          } else if (item.kind === 'end' || (item.kind === 'message' && item.message.type === 'state')) return true;
           if (ms >= prebufferMs) return true;
         }
         return false;

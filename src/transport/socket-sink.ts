@@ -57,10 +57,14 @@ type QueuedFrame = Exclude<ClientFrame, { kind: 'discard' }> | { readonly kind: 
  * in messages and in bytes (the session's budget). A closed socket is never touched: uWS throws.
  */
 export class SocketSink {
+  /** This session's audio frames, by fate: for its end-of-session log line. */
+  readonly tally = { pushed: 0, dropped: 0, failed: 0 };
   private queue: QueuedFrame[] = [];
   private head = 0;
   private queuedAudio = 0;
   private queuedMs = 0;
+  /** Bytes of what waits that is not audio: the part no policy may drop. */
+  private textBytes = 0;
   private closed = false;
   private overHighWater = false;
   private lastAudioAt = -1;
@@ -102,7 +106,10 @@ export class SocketSink {
       return;
     }
     if (this.closed) {
-      if (frame.kind === 'audio') this.dropped.client_gone.inc();
+      if (frame.kind === 'audio') {
+        this.dropped.client_gone.inc();
+        this.tally.dropped++;
+      }
       return;
     }
     this.enqueue(frame);
@@ -130,11 +137,7 @@ export class SocketSink {
     while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
       const frame = this.queue[this.head]!;
       this.queue[this.head++] = undefined as never;
-      if (frame.kind !== 'end') this.options.budget.give(frame.data.length);
-      if (frame.kind === 'audio') {
-        this.queuedAudio--;
-        this.queuedMs -= frame.durationMs;
-      }
+      this.count(frame, -1);
       if (frame.kind === 'end') this.end(frame);
       else this.send(frame);
     }
@@ -144,19 +147,18 @@ export class SocketSink {
 
   /** Discards every queued audio frame at once (abort); text stays, in order. Returns how many went. */
   dropAudio(reason: DropReason): number {
-    if (this.queuedAudio === 0) return 0;
+    const n = this.queuedAudio;
+    if (n === 0) return 0;
     const kept: QueuedFrame[] = [];
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') kept.push(frame);
-      else this.options.budget.give(frame.data.length);
+      else this.count(frame, -1);
     }
-    const n = this.queuedAudio;
     this.dropped[reason].inc(n);
+    this.tally.dropped += n;
     this.queue = kept;
     this.head = 0;
-    this.queuedAudio = 0;
-    this.queuedMs = 0;
     return n;
   }
 
@@ -172,14 +174,10 @@ export class SocketSink {
     this.metrics.queues.delete(this);
     const audio = this.queuedAudio;
     if (audio > 0) this.dropped[reason].inc(audio);
-    for (let i = this.head; i < this.queue.length; i++) {
-      const frame = this.queue[i]!;
-      if (frame.kind !== 'end') this.options.budget.give(frame.data.length);
-    }
+    this.tally.dropped += audio;
+    for (let i = this.head; i < this.queue.length; i++) this.count(this.queue[i]!, -1);
     this.queue = [];
     this.head = 0;
-    this.queuedAudio = 0;
-    this.queuedMs = 0;
   }
 
   private end(frame: ClientEnd): void {
@@ -199,12 +197,22 @@ export class SocketSink {
   }
 
   private enqueue(frame: QueuedFrame): void {
-    if (frame.kind !== 'end') this.options.budget.take(frame.data.length);
-    if (frame.kind === 'audio') {
-      this.queuedAudio++;
-      this.queuedMs += frame.durationMs;
-    }
+    this.count(frame, 1);
     this.queue.push(frame);
+  }
+
+  /** A frame comes to wait here, or leaves: what waits is counted in audio, in text and in the budget. */
+  private count(frame: QueuedFrame, sign: 1 | -1): void {
+    if (frame.kind === 'end') return;
+    const bytes = frame.data.length;
+    if (sign > 0) this.options.budget.take(bytes);
+    else this.options.budget.give(bytes);
+    if (frame.kind === 'audio') {
+      this.queuedAudio += sign;
+      this.queuedMs += sign * frame.durationMs;
+    } else {
+      this.textBytes += sign * bytes;
+    }
   }
 
   /**
@@ -220,7 +228,8 @@ export class SocketSink {
       if (this.options.policy === 'close') return this.giveUp();
       this.dropOldestAudio();
     }
-    if (budget.used > budget.limit && this.depth > this.queuedAudio) return this.giveUp();
+    // Text cannot be dropped: once it alone does not fit beside what the upstream holds, the client goes.
+    if (this.textBytes > budget.limit - budget.upstreamBytes()) return this.giveUp();
     if (over) this.overflows.inc();
   }
 
@@ -228,13 +237,13 @@ export class SocketSink {
     for (let i = this.head; i < this.queue.length; i++) {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') continue;
-      this.options.budget.give(frame.data.length);
-      this.queuedAudio--;
-      this.queuedMs -= frame.durationMs;
+      this.count(frame, -1);
       this.dropped.too_slow.inc();
+      this.tally.dropped++;
       if (this.noticeDue(i)) {
-        this.queue[i] = { kind: 'notice', data: this.options.tooSlowNotice };
-        this.options.budget.take(this.options.tooSlowNotice.length);
+        const notice = { kind: 'notice', data: this.options.tooSlowNotice } as const;
+        this.queue[i] = notice;
+        this.count(notice, 1);
         this.options.onTooSlow('dropping');
       } else {
         this.queue.splice(i, 1);
@@ -280,15 +289,20 @@ export class SocketSink {
       result = this.socket.send(frame.data, typeof frame.data !== 'string');
     } catch {
       // uWS throws once the socket is closed; the close event that follows will close the sink.
-      if (audio) this.failed.closed.inc();
+      if (audio) {
+        this.failed.closed.inc();
+        this.tally.failed++;
+      }
       return;
     }
     if (!audio) return;
     if (result === DROPPED_BY_SOCKET) {
       this.failed.backpressure_limit.inc();
+      this.tally.failed++;
       return;
     }
     this.pushed.n++;
+    this.tally.pushed++;
     const now = this.now();
     this.metrics.frameLatency.observe((now - frame.arrivedAt) / 1000);
     if (this.lastAudioAt >= 0) this.metrics.frameInterval.observe((now - this.lastAudioAt) / 1000);

@@ -18,6 +18,8 @@ class FakeSocket implements ClientSocket {
   grows = false;
   readonly sent: { data: Buffer | string; isBinary: boolean }[] = [];
   readonly ends: { code: number; reason: string }[] = [];
+  /** Every send and end the sink tried, thrown ones too, as sentData shows them; an end as END_ATTEMPT. */
+  readonly attempted: string[] = [];
   /** One entry per cork call: what was sent inside it, as sentData shows it. */
   readonly corks: string[][] = [];
   touches = 0;
@@ -25,6 +27,7 @@ class FakeSocket implements ClientSocket {
 
   send(data: Buffer | string, isBinary: boolean): number {
     this.touches++;
+    this.attempted.push(show(data));
     if (this.mode === 'throw') throw new Error('Invalid access of closed uWS.WebSocket/SSLWebSocket.');
     this.sent.push({ data, isBinary });
     this.corked?.push(show(data));
@@ -51,6 +54,7 @@ class FakeSocket implements ClientSocket {
 
   end(code: number, reason: string): void {
     this.touches++;
+    this.attempted.push(END_ATTEMPT);
     if (this.mode === 'throw') throw new Error('Invalid access of closed uWS.WebSocket/SSLWebSocket.');
     this.ends.push({ code, reason });
   }
@@ -60,6 +64,8 @@ class FakeSocket implements ClientSocket {
   }
 }
 
+const END_ATTEMPT = '<end>';
+
 const show = (data: Buffer | string): string => (typeof data === 'string' ? data : `bin:${data.toString('utf8')}`);
 
 const HIGH_WATER = 1000;
@@ -68,6 +74,11 @@ const OVER = HIGH_WATER + 1;
 const audio = (name: string, durationMs = 60, arrivedAt = 0): ClientFrame => ({ kind: 'audio', data: Buffer.from(name), arrivedAt, durationMs });
 const text = (name: string): ClientFrame => ({ kind: 'text', data: name });
 const state = (name: string): ClientFrame => ({ kind: 'state', data: name });
+
+/** `name` padded with dots to `bytes` bytes; `named` reads the name back from what was sent. */
+const padded = (name: string, bytes: number): string => name.padEnd(bytes, '.');
+const named = (shown: string): string => shown.replace(/^bin:/, '').replace(/\.+$/, '');
+const sentNames = (socket: FakeSocket): string[] => socket.sentData.map(named);
 
 /**
  * A sink on a fake socket whose flushes the test runs: `scheduled` holds the flushes the sink asked for,
@@ -120,6 +131,7 @@ async function sumOf(metric: Readable): Promise<number | undefined> {
 }
 
 const dropped = (m: Metrics, reason: DropReason) => read(m.framesDropped, { reason });
+const overflows = (m: Metrics) => read(m.bufferOverflows, { buffer: 'client_queue' });
 const failures = (m: Metrics, reason: string) => read(m.sendFailures, { reason });
 const pushed = (m: Metrics) => read(m.framesPushed);
 const depth = (m: Metrics) => read(m.queueDepth);
@@ -810,6 +822,226 @@ describe('SocketSink slow-client policy close', () => {
   });
 });
 
+describe('SocketSink byte budget', () => {
+  /** Ten bytes of audio: five fill a budget of 50; the too_slow notice is 8. */
+  const ten = (name: string): ClientFrame => audio(padded(name, 10));
+
+  it("never lets a slow client's queue hold more bytes than the budget allows, dropping the oldest audio as too_slow behind the notice", async () => {
+    const budget = new SessionBudget(50);
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    const heldAfterEachTurn: number[] = [];
+    for (let i = 1; i <= 8; i++) {
+      sink.write(ten(`f${i}`));
+      endTurn();
+      heldAfterEachTurn.push(budget.held);
+    }
+    // At f6 the queue is over: f1 goes, the notice in its place (8 bytes for f1's 10), then f2 too.
+    // From then on each frame pushes out one: the notice and four frames, 48 bytes.
+    expect(heldAfterEachTurn).toEqual([10, 20, 30, 40, 50, 48, 48, 48]);
+    expect(await dropped(metrics, 'too_slow')).toBe(4);
+    expect(tooSlow).toEqual({ calls: 1, gaveUp: 0 });
+    // One overflow for each turn whose bound dropped, however many it dropped.
+    expect(await overflows(metrics)).toBe(3);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(sentNames(socket)).toEqual(['too slow', 'f5', 'f6', 'f7', 'f8']);
+    expect(budget.held).toBe(0);
+  });
+
+  it('counts the bytes the upstream socket has not yet written against the queue, so that they make it drop audio', async () => {
+    const budget = new SessionBudget(100);
+    let upstream = 50;
+    budget.upstreamBytes = () => upstream;
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    for (let i = 1; i <= 5; i++) {
+      sink.write(ten(`f${i}`));
+      endTurn();
+    }
+    // 50 queued and 50 upstream: exactly the budget.
+    expect(await dropped(metrics, 'too_slow')).toBe(0);
+    // f6 takes it to 110: f1 goes for the notice (108), then f2 (98).
+    sink.write(ten('f6'));
+    endTurn();
+    expect(await dropped(metrics, 'too_slow')).toBe(2);
+    expect(budget.used).toBe(98);
+    sink.write(ten('f7'));
+    endTurn();
+    expect(await dropped(metrics, 'too_slow')).toBe(3);
+    expect(budget.used).toBe(98);
+    // Once the upstream has written its bytes, the queue has room again.
+    upstream = 0;
+    sink.write(ten('f8'));
+    endTurn();
+    expect(await dropped(metrics, 'too_slow')).toBe(3);
+    expect(budget.used).toBe(58);
+    expect(tooSlow).toEqual({ calls: 1, gaveUp: 0 });
+    expect(await overflows(metrics)).toBe(2);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(sentNames(socket)).toEqual(['too slow', 'f4', 'f5', 'f6', 'f7', 'f8']);
+  });
+
+  it('gives up, never dropping text, when text alone is over the budget', async () => {
+    const budget = new SessionBudget(20);
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    sink.write(text(padded('t1', 8)));
+    sink.write(text(padded('t2', 8)));
+    endTurn();
+    // 16 bytes of text wait within the budget, and all of it leaves.
+    expect(tooSlow).toEqual({ calls: 0, gaveUp: 0 });
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(sentNames(socket)).toEqual(['t1', 't2']);
+
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a1'));
+    sink.write(text(padded('t3', 8)));
+    sink.write(text(padded('t4', 8)));
+    sink.write(text(padded('t5', 8)));
+    endTurn();
+    // 24 bytes of text: no text is dropped to fit, and no audio dropped could make it fit; the owner closes with 4003.
+    expect(tooSlow).toEqual({ calls: 0, gaveUp: 1 });
+    expect(sink.depth).toBe(0);
+    expect(budget.held).toBe(0);
+    expect(await dropped(metrics, 'too_slow')).toBe(1);
+    expect(await overflows(metrics)).toBe(1);
+    const touches = socket.touches;
+    socket.bufferedAmount = 0;
+    sink.drain();
+    sink.write(text('t6'));
+    endTurn();
+    expect(socket.touches).toBe(touches);
+    expect(sentNames(socket)).toEqual(['t1', 't2']);
+  });
+
+  it('gives up instead of dropping audio over the byte budget under policy close', async () => {
+    const budget = new SessionBudget(50);
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget, policy: 'close' });
+    socket.bufferedAmount = OVER;
+    for (let i = 1; i <= 5; i++) {
+      sink.write(ten(`f${i}`));
+      endTurn();
+    }
+    expect(tooSlow).toEqual({ calls: 0, gaveUp: 0 });
+    // 300 ms of audio, far under queueLimitMs: the bytes alone are over.
+    sink.write(ten('f6'));
+    endTurn();
+    expect(tooSlow).toEqual({ calls: 0, gaveUp: 1 });
+    expect(await dropped(metrics, 'too_slow')).toBe(6);
+    expect(await overflows(metrics)).toBe(1);
+    expect(sink.depth).toBe(0);
+    expect(budget.held).toBe(0);
+    expect(socket.sent).toEqual([]);
+  });
+
+  it('counts one client_queue overflow per turn whose bound dropped audio, and none while nothing is over', async () => {
+    const { socket, sink, metrics, endTurn } = setup({ queueLimitMs: 120 });
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a1'));
+    sink.write(audio('a2'));
+    endTurn();
+    expect(await overflows(metrics)).toBe(0);
+    // Four over the limit in one turn: one overflow.
+    for (const n of ['a3', 'a4', 'a5', 'a6']) sink.write(audio(n));
+    endTurn();
+    expect(await dropped(metrics, 'too_slow')).toBe(4);
+    expect(await overflows(metrics)).toBe(1);
+    sink.write(audio('a7'));
+    endTurn();
+    expect(await overflows(metrics)).toBe(2);
+    // A drain is not a bound: it counts nothing.
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(await overflows(metrics)).toBe(2);
+    expect(await read(metrics.bufferOverflows)).toBe(2);
+  });
+
+  it('takes the bytes of each frame written, and gives them back as each is sent', () => {
+    const budget = new SessionBudget(1024 * 1024);
+    const { socket, sink, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    sink.write(state('speaking'));
+    sink.write(audio('a1'));
+    sink.write(text('hello'));
+    sink.write(audio('a2'));
+    // Taken as written, before the turn ends.
+    expect(budget.held).toBe(8 + 2 + 5 + 2);
+    endTurn();
+    expect(budget.held).toBe(17);
+    socket.grows = true;
+    socket.bufferedAmount = HIGH_WATER - 9;
+    sink.drain();
+    // speaking takes the socket to one byte under the mark, a1 above it.
+    expect(socket.sentData).toEqual(['speaking', 'bin:a1']);
+    expect(budget.held).toBe(5 + 2);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(budget.held).toBe(0);
+    // Sent straight in the turn that wrote it, it is given back all the same.
+    sink.write(audio('a3'));
+    endTurn();
+    expect(budget.held).toBe(0);
+  });
+
+  it('gives back exactly the bytes of the audio an abort drops, keeping the bytes of the text that stays', () => {
+    const budget = new SessionBudget(1024 * 1024);
+    const { socket, sink, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    sink.write(state('speaking'));
+    sink.write(audio('a1'));
+    sink.write(text('t1'));
+    sink.write(audio('a22'));
+    endTurn();
+    expect(budget.held).toBe(8 + 2 + 2 + 3);
+    expect(sink.dropAudio('aborted')).toBe(2);
+    expect(budget.held).toBe(8 + 2);
+    sink.write(audio('b1'));
+    sink.write(audio('b22'));
+    expect(budget.held).toBe(15);
+    sink.write({ kind: 'discard' });
+    expect(budget.held).toBe(10);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(budget.held).toBe(0);
+  });
+
+  it('gives back every byte still waiting when it closes, and takes none after', () => {
+    const budget = new SessionBudget(1024 * 1024);
+    const { socket, sink, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a1'));
+    sink.write(text('t1'));
+    sink.write(state('ready'));
+    endTurn();
+    expect(budget.held).toBe(2 + 2 + 5);
+    sink.close();
+    expect(budget.held).toBe(0);
+    sink.write(audio('a2'));
+    sink.write(text('t2'));
+    expect(budget.held).toBe(0);
+  });
+
+  it('gives back every byte waiting behind an end when the end closes the sink', () => {
+    const budget = new SessionBudget(1024 * 1024);
+    const { socket, sink, endTurn } = setup({ budget });
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a1'));
+    sink.write({ kind: 'end', code: 1000, reason: 'bye' });
+    sink.write(audio('a2'));
+    sink.write(text('t1'));
+    endTurn();
+    expect(budget.held).toBe(2 + 2 + 2);
+    socket.bufferedAmount = 0;
+    sink.drain();
+    expect(socket.sentData).toEqual(['bin:a1']);
+    expect(socket.ends).toHaveLength(1);
+    expect(budget.held).toBe(0);
+  });
+});
+
 type Op =
   | { op: 'audio'; durationMs: number }
   | { op: 'text' }
@@ -948,6 +1180,121 @@ describe('SocketSink invariant', () => {
         expect(texts.filter((d) => d === 'too slow')).toHaveLength(tooSlow.calls);
       }),
       { numRuns: 200 },
+    );
+  });
+});
+
+/** What the test believes waits in the sink: enough to know its bytes, and to match each frame the socket is offered against. */
+type Waiting = { name: string; kind: 'audio' | 'message' | 'notice' | 'end'; bytes: number };
+
+describe('SocketSink budget invariant', () => {
+  it('holds in the budget exactly the bytes of what waits, after every operation, and nothing after close', async () => {
+    // A close or an end ends the story: rare, so that most runs get to fill the budget first.
+    const ending = (o: Op) => o.op === 'close' || o.op === 'end';
+    const withUpstream = fc.oneof(
+      { arbitrary: opArb.filter((o) => !ending(o)), weight: 120 },
+      { arbitrary: opArb.filter(ending), weight: 1 },
+      { arbitrary: fc.record({ op: fc.constant('upstream' as const), bytes: fc.constantFrom(0, 30, 60, 150) }), weight: 6 },
+    );
+    const step = fc.record({ o: withUpstream, bytes: fc.integer({ min: 1, max: 40 }) });
+    const policy = fc.constantFrom<SinkOptions['policy']>('drop-oldest', 'close');
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { maxLength: 120, size: 'max' }), fc.constantFrom(100, 300, 1024 * 1024), fc.constantFrom(60, 1000), policy, fc.constantFrom(16, 1000), async (steps, limit, queueLimitMs, p, maxQueuedMessages) => {
+        const budget = new SessionBudget(limit);
+        let upstream = 0;
+        budget.upstreamBytes = () => upstream;
+        const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget, queueLimitMs, policy: p, maxQueuedMessages });
+        let waiting: Waiting[] = [];
+        let closed = false;
+        let n = 0;
+        const add = (kind: 'audio' | 'message', frame: ClientFrame & { data: Buffer | string }) => {
+          sink.write(frame);
+          if (!closed) waiting.push({ name: named(show(frame.data)), kind, bytes: frame.data.length });
+        };
+        const close = () => {
+          closed = true;
+          waiting = [];
+        };
+        for (const { o, bytes } of steps) {
+          // Only the end of a turn runs the bound, so only then is the too_slow count needed.
+          const tooSlowBefore = o.op === 'endTurn' ? await dropped(metrics, 'too_slow') : 0;
+          const before = { notices: tooSlow.calls, gaveUp: tooSlow.gaveUp, attempted: socket.attempted.length };
+          switch (o.op) {
+            case 'audio':
+              add('audio', { kind: 'audio', data: Buffer.from(padded(`a${n++}`, bytes)), arrivedAt: 0, durationMs: o.durationMs });
+              break;
+            case 'text':
+              add('message', { kind: 'text', data: padded(`t${n++}`, bytes) });
+              break;
+            case 'state':
+              add('message', { kind: 'state', data: padded(`s${n++}`, bytes) });
+              break;
+            case 'endTurn':
+              endTurn();
+              break;
+            case 'drain':
+              sink.drain();
+              break;
+            case 'buffered':
+              socket.bufferedAmount = o.amount;
+              break;
+            case 'mode':
+              socket.mode = o.mode;
+              break;
+            case 'grows':
+              socket.grows = o.grows;
+              break;
+            case 'dropAudio':
+              sink.dropAudio(o.reason);
+              waiting = waiting.filter((w) => w.kind !== 'audio');
+              break;
+            case 'discard':
+              sink.write({ kind: 'discard' });
+              waiting = waiting.filter((w) => w.kind !== 'audio');
+              break;
+            case 'end':
+              sink.write({ kind: 'end', code: 1000, reason: '' });
+              if (!closed) waiting.push({ name: END_ATTEMPT, kind: 'end', bytes: 0 });
+              break;
+            case 'inputEnded':
+              sink.markInputEnded(0);
+              break;
+            case 'close':
+              sink.close();
+              close();
+              break;
+            case 'upstream':
+              upstream = o.bytes;
+              break;
+          }
+          // What the socket was offered left the queue: a notice, or else the oldest frame waiting (the model
+          // keeps frames in the order written, notices at the back). An end closed the sink.
+          for (const shown of socket.attempted.slice(before.attempted)) {
+            const name = named(shown);
+            const i = name === 'too slow' ? waiting.findIndex((w) => w.kind === 'notice') : waiting.findIndex((w) => w.kind !== 'notice');
+            expect(waiting[i]?.name, `${shown} was sent, not what waited first`).toBe(name);
+            waiting.splice(i, 1);
+            if (name === END_ATTEMPT) close();
+          }
+          // What a bound dropped at the end of the turn: the oldest audio, each notice in the place of one.
+          if (tooSlow.gaveUp > before.gaveUp) close();
+          else if (o.op === 'endTurn') {
+            for (let k = (await dropped(metrics, 'too_slow')) - tooSlowBefore; k > 0; k--) {
+              const i = waiting.findIndex((w) => w.kind === 'audio');
+              expect(i, 'more audio dropped than waited').toBeGreaterThanOrEqual(0);
+              waiting.splice(i, 1);
+            }
+            for (let k = tooSlow.calls - before.notices; k > 0; k--) waiting.push({ name: 'too slow', kind: 'notice', bytes: 'too slow'.length });
+          }
+          expect(sink.depth).toBe(waiting.length);
+          expect(budget.held).toBe(waiting.reduce((sum, w) => sum + w.bytes, 0));
+          expect(budget.used).toBe(budget.held + upstream);
+        }
+        sink.close();
+        expect(budget.held).toBe(0);
+        expect(budget.used).toBe(upstream);
+      }),
+      { numRuns: 400 },
     );
   });
 });
