@@ -45,7 +45,8 @@ export type SessionMessage =
   | { kind: 'too-slow' }
   /** graceful: finish the reply in progress first (draining); otherwise close now. */
   | { kind: 'shutdown'; graceful: boolean }
-  | { kind: 'upstream-failed'; error: unknown }
+  /** `connection`: which upstream connection failed; a report about one already replaced is stale. */
+  | { kind: 'upstream-failed'; error: unknown; connection: number }
   /** An operator of the session's own pipelines threw: they are dead, and so is the session. */
   | { kind: 'pipeline-failed'; error: unknown }
   | UpstreamEvent;
@@ -123,6 +124,8 @@ export class Session extends Actor<SessionMessage> {
   private replyDueAt = 0;
   /** A fault of the current upstream connection is posted: it is not reported twice. */
   private upstreamFailing = false;
+  /** Counts upstream connections, so that a failure reported twice (a fault found, then the socket's own error) is handled once. */
+  private connection = 0;
   /** What the upstream socket had unsent at the last tick, and when it last took any of it. */
   private upstreamUnsent = 0;
   private upstreamProgressAt = 0;
@@ -196,7 +199,8 @@ export class Session extends Actor<SessionMessage> {
         if (!this.inReply()) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
         return;
       case 'upstream-failed':
-        return this.onUpstreamFailed(m.error);
+        if (m.connection === this.connection) this.onUpstreamFailed(m.error);
+        return;
     }
   }
 
@@ -406,6 +410,7 @@ export class Session extends Actor<SessionMessage> {
     const { config } = this.deps;
     const downlink = this.hello!.downlink;
     this.connectStartedAt = performance.now();
+    const connection = ++this.connection;
     this.upstreamFailing = false;
     this.upstreamUnsent = 0;
     this.upstreamProgressAt = this.connectStartedAt;
@@ -414,7 +419,7 @@ export class Session extends Actor<SessionMessage> {
       downlink.codec === 'pcm16' ? decodeOpus(downlink.sampleRate) : identity,
     ).subscribe({
       next: (event) => this.post(event),
-      error: (error: unknown) => this.post({ kind: 'upstream-failed', error }),
+      error: (error: unknown) => this.post({ kind: 'upstream-failed', error, connection }),
     });
   }
 
@@ -503,6 +508,8 @@ export class Session extends Actor<SessionMessage> {
     this.downlink?.unsubscribe();
     this.downlink = undefined;
     this.upstreamFailing = false;
+    // Whatever else is reported of this connection now is stale.
+    this.connection++;
     // Clients hear what happened in the protocol's terms; addresses, library messages and the peer's
     // own words go to the log, for operators.
     if (this.phase === 'connecting') {
@@ -557,7 +564,7 @@ export class Session extends Actor<SessionMessage> {
   private failUpstream(error: UpstreamError): void {
     if (this.upstreamFailing) return;
     this.upstreamFailing = true;
-    this.post({ kind: 'upstream-failed', error });
+    this.post({ kind: 'upstream-failed', error, connection: this.connection });
   }
 
   private inReply(): boolean {
