@@ -1,5 +1,10 @@
 import type { Metrics } from '../observability/metrics.ts';
 
+/** Between the client's clock and the gateway's: a report may be in flight this long. */
+const CLOCK_SLACK_MS = 2000;
+/** The shortest frame a client plays: it cannot run dry more often than once a frame. */
+const MIN_FRAME_MS = 20;
+
 export type ReplyOutcome = 'complete' | 'aborted' | 'upstream_lost' | 'shutdown' | 'client_gone';
 
 /** A client's playout report (PROTOCOL.md `playout`): its buffer now, and its counters since the session began. */
@@ -21,7 +26,7 @@ export class SessionReport {
   private underruns = 0;
   private playedMs = 0;
   /** Audio dropped before it reached the sink: discarded after an abort, or by the pacer. */
-  droppedEarly = 0;
+  private droppedEarly = 0;
 
   constructor(private readonly metrics: Metrics) {}
 
@@ -38,10 +43,22 @@ export class SessionReport {
     this.replies++;
   }
 
-  /** Counts a playout report; counters that go backwards make it a bad_message (the detail is returned). */
+  /** Audio of this session dropped before it reached the sink. */
+  dropped(frames: number): void {
+    this.droppedEarly += frames;
+  }
+
+  /**
+   * Counts a playout report. Counters that go backwards, or claim more than the session's own clock
+   * allows, make it a bad_message (the detail is returned): one client must not be able to skew what
+   * operators see of every listener.
+   */
   playout(report: Playout): string | undefined {
+    const ageMs = performance.now() - this.startedAt;
     if (report.underruns < this.underruns) return `playout: underruns went back from ${this.underruns} to ${report.underruns}`;
     if (report.playedMs < this.playedMs) return `playout: playedMs went back from ${this.playedMs} to ${report.playedMs}`;
+    if (report.playedMs > ageMs + CLOCK_SLACK_MS) return 'playout: playedMs is more audio than the session has lasted';
+    if (report.underruns > (ageMs + CLOCK_SLACK_MS) / MIN_FRAME_MS) return 'playout: more underruns than the session has had frames';
     this.metrics.clientUnderruns.inc(report.underruns - this.underruns);
     this.metrics.clientPlayed.inc((report.playedMs - this.playedMs) / 1000);
     this.metrics.clientBuffer.observe(report.bufferedMs / 1000);

@@ -23,9 +23,7 @@ import { pace } from '../streams/pace.ts';
 import { parse } from '../streams/parse.ts';
 import { DISCARD, toClient, type Outbound } from '../streams/to-client.ts';
 import { SocketSink, type ClientSocket } from '../transport/socket-sink.ts';
-import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamOptions } from '../transport/upstream.ts';
-
-type UpstreamMessage = Parameters<Upstream['send']>[0];
+import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamMessage, type UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
 import { SessionReport, type Playout, type ReplyOutcome } from './session-report.ts';
 
@@ -389,11 +387,12 @@ export class Session extends Actor<SessionMessage> {
     this.sink = sink;
     const gone = this.deps.metrics.framesDropped.labels('client_gone');
     const tooSlow = this.deps.metrics.framesDropped.labels('too_slow');
+    const pacerOverflows = this.deps.metrics.bufferOverflows.labels('pacer');
     const onDropped = (n: number, why: 'discard' | 'teardown' | 'overflow') => {
-      this.report.droppedEarly += n;
+      this.report.dropped(n);
       if (why !== 'overflow') return (why === 'discard' ? this.abortedFrames : gone).inc(n);
       tooSlow.inc(n);
-      this.deps.metrics.bufferOverflows.labels('pacer').inc();
+      pacerOverflows.inc();
       this.pacerOverflowed = true;
     };
     const hold = { maxMs: config.sink.queueLimitMs, budget };
@@ -489,7 +488,7 @@ export class Session extends Actor<SessionMessage> {
       this.log.debug('upstream packet did not decode: concealed');
     }
     if (this.discarding) {
-      this.report.droppedEarly++;
+      this.report.dropped(1);
       return this.abortedFrames.inc();
     }
     this.outbound.next(frame);
@@ -497,7 +496,7 @@ export class Session extends Actor<SessionMessage> {
     if (this.pacerOverflowed && !this.pacerNoticeSent) {
       this.pacerNoticeSent = true;
       this.log.info('the upstream sends faster than the client is paced: dropping the oldest held audio');
-      this.sendError('too_slow', 'audio was dropped here: the voice service sent more than the paced queue holds');
+      this.sendError('too_slow', 'audio was dropped: more of this reply arrived than the session may hold back for pacing');
     }
   }
 
@@ -528,7 +527,7 @@ export class Session extends Actor<SessionMessage> {
       // Draining: that state change was this session's last word.
       if (this.phase !== 'reconnecting') return;
     } else {
-      this.log.info({ kind, detail, attempt: this.reconnectAttempts }, 'upstream reconnect failed');
+      this.log.warn({ kind, detail, attempt: this.reconnectAttempts }, 'upstream reconnect failed');
     }
     const { attempts, baseMs, maxMs } = this.deps.config.upstream.reconnect;
     if (this.reconnectAttempts >= attempts) {

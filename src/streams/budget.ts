@@ -16,11 +16,6 @@ export class SessionBudget {
     return this.held + this.upstreamBytes();
   }
 
-  /** Whether `bytes` more would still be within the budget. */
-  fits(bytes: number): boolean {
-    return this.used + bytes <= this.limit;
-  }
-
   take(bytes: number): void {
     this.held += bytes;
   }

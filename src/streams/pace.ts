@@ -2,10 +2,10 @@ import { asyncScheduler, Observable, type MonoTypeOperatorFunction, type Schedul
 import type { SessionBudget } from './budget.ts';
 import type { Outbound } from './to-client.ts';
 
-/** How much audio the pacer may hold back: the same bounds as the client's queue. */
+/** How much the pacer may hold back: the same bounds as the client's queue. */
 export interface HoldLimit {
   maxMs: number;
-  /** Shared with the session's other buffers; held audio takes its bytes from it. */
+  /** Shared with the session's other buffers; held audio and messages take their bytes from it. */
   budget: SessionBudget | undefined;
 }
 
@@ -42,26 +42,43 @@ export function pace(
       let heldFrames = 0;
       let heldMs = 0;
       let heldBytes = 0;
+      /** What held messages weigh, kept so that they give back what they took. */
+      const messageBytes = new Map<Outbound, number>();
+      /** State and end items waiting: each closes a reply's prebuffer. */
+      let boundaries = 0;
       let buffering = prebufferMs > 0;
       let holdingSince = -1;
       let anchor = -1;
       let timer: Subscription | undefined;
       let ended = false;
 
-      const held = (frame: Outbound & { kind: 'audio' }, sign: 1 | -1) => {
-        heldFrames += sign;
-        heldMs += sign * frame.durationMs;
-        heldBytes += sign * frame.data.length;
-        if (sign > 0) hold.budget?.take(frame.data.length);
-        else hold.budget?.give(frame.data.length);
+      /** An item comes to wait here, or leaves: audio and messages alike take their bytes from the budget. */
+      const held = (item: Outbound, sign: 1 | -1): void => {
+        let bytes = 0;
+        if (item.kind === 'audio') {
+          heldFrames += sign;
+          heldMs += sign * item.durationMs;
+          bytes = item.data.length;
+        } else if (item.kind === 'message') {
+          bytes = sign > 0 ? JSON.stringify(item.message).length : messageBytes.get(item)!;
+          if (sign > 0) messageBytes.set(item, bytes);
+          else messageBytes.delete(item);
+          if (item.message.type === 'state') boundaries += sign;
+        } else if (item.kind === 'end') {
+          boundaries += sign;
+        }
+        heldBytes += sign * bytes;
+        if (sign > 0) hold.budget?.take(bytes);
+        else hold.budget?.give(bytes);
       };
 
-      /** Lets go of every held frame; returns how many there were. */
+      /** Lets go of every held frame (messages stay); returns how many there were. */
       const dropAll = (): number => {
         const n = heldFrames;
-        hold.budget?.give(heldBytes);
-        heldFrames = heldMs = heldBytes = 0;
-        queue = queue.filter((q) => q.kind !== 'audio');
+        queue = queue.filter((q) => {
+          if (q.kind === 'audio') held(q, -1);
+          return q.kind !== 'audio';
+        });
         return n;
       };
 
@@ -72,7 +89,7 @@ export function pace(
         let dropped = 0;
         while (heldFrames > 1 && overHold()) {
           const i = queue.findIndex((q) => q.kind === 'audio');
-          held(queue[i] as Outbound & { kind: 'audio' }, -1);
+          held(queue[i]!, -1);
           queue.splice(i, 1);
           dropped++;
         }
@@ -84,20 +101,10 @@ export function pace(
         holdingSince = -1;
       };
 
-      // Held audio may start once the prebuffer is full, or once nothing more of this reply can come.
-      const prebuffered = (): boolean => {
-        if (ended) return true;
-        let ms = 0;
-        for (const item of queue) {
-          if (item.kind === 'audio') {
-            ms += item.durationMs;
-            // A prebuffer as long as the hold limit could never fill: one more frame would be over it.
-            if (ms + item.durationMs > hold.maxMs) return true;
-          } else if (item.kind === 'end' || (item.kind === 'message' && item.message.type === 'state')) return true;
-          if (ms >= prebufferMs) return true;
-        }
-        return false;
-      };
+      // Held audio may start once the prebuffer is full, or once nothing more of this reply can come. A
+      // prebuffer as long as the hold limit could never fill: one more frame would be over it.
+      const prebuffered = (frameMs: number): boolean =>
+        ended || boundaries > 0 || heldMs >= prebufferMs || heldMs + frameMs > hold.maxMs;
 
       const release = (): void => {
         timer = undefined;
@@ -107,7 +114,7 @@ export function pace(
             const now = scheduler.now();
             if (buffering) {
               if (holdingSince < 0) holdingSince = now;
-              if (!prebuffered() && now - holdingSince < prebufferMs) {
+              if (!prebuffered(item.durationMs) && now - holdingSince < prebufferMs) {
                 timer = scheduler.schedule(release, holdingSince + prebufferMs - now);
                 return;
               }
@@ -121,9 +128,9 @@ export function pace(
               return;
             }
             anchor += item.durationMs;
-            held(item, -1);
           }
           queue.shift();
+          held(item, -1);
           // A state message ends one reply and opens the next: prebuffer again.
           if (item.kind === 'message' && item.message.type === 'state') startReply();
           subscriber.next(item);
@@ -141,10 +148,8 @@ export function pace(
             startReply();
           }
           queue.push(item);
-          if (item.kind === 'audio') {
-            held(item, 1);
-            bound();
-          }
+          held(item, 1);
+          bound();
           // A pending clock timer stands; a pending hold is re-judged, as this item may end it.
           if (timer === undefined || buffering) {
             timer?.unsubscribe();
@@ -161,6 +166,7 @@ export function pace(
         subscription.unsubscribe();
         timer?.unsubscribe();
         const n = dropAll();
+        for (const item of queue) held(item, -1);
         queue = [];
         if (n > 0) onDropped(n, 'teardown');
       };

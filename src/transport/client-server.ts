@@ -17,12 +17,13 @@ export interface ClientServer {
 }
 
 /**
- * uWS's own payload limit. Past it uWS closes the TCP connection at the frame's header, without a close
- * frame, and reads no more of it; below it a frame is buffered whole before the gateway sees it. So the
- * gateway checks MAX_FRAME_BYTES itself and answers 1009, for every frame up to this ceiling: well past
- * what any client sends by mistake, and still a bound on what one connection's frame can cost.
+ * uWS's own payload limit, as a multiple of MAX_FRAME_BYTES. Past it uWS closes the TCP connection at
+ * the frame's header, without a close frame, and reads no more of it; below it a frame is buffered whole
+ * before the gateway sees it. So the gateway checks MAX_FRAME_BYTES itself and answers 1009 for every
+ * frame up to this ceiling (1 MiB by default): well past what any client sends by mistake, and the
+ * most one connection can make the gateway hold before its frame is refused.
  */
-const FRAME_CEILING_BYTES = 2 * 1024 * 1024;
+const FRAME_CEILING = 16;
 /** What uWS v20.30 says when it cuts a connection for a frame over its limit. */
 const UWS_TOO_BIG = 'Received too big message';
 /** RFC 6455: the one version of the protocol; uWS v20.30 upgrades whatever a client names. */
@@ -53,7 +54,7 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
 
   app.ws<SocketData>('/v1/voice', {
     compression: uWS.DISABLED,
-    maxPayloadLength: Math.max(FRAME_CEILING_BYTES, config.limits.maxFrameBytes + 1),
+    maxPayloadLength: config.limits.maxFrameBytes * FRAME_CEILING,
     maxBackpressure: MAX_BACKPRESSURE,
     closeOnBackpressureLimit: 0,
     idleTimeout: 120,

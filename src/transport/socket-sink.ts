@@ -63,6 +63,7 @@ export class SocketSink {
   private head = 0;
   private queuedAudio = 0;
   private queuedMs = 0;
+  private audioBytes = 0;
   /** Bytes of what waits that is not audio: the part no policy may drop. */
   private textBytes = 0;
   private closed = false;
@@ -210,6 +211,7 @@ export class SocketSink {
     if (frame.kind === 'audio') {
       this.queuedAudio += sign;
       this.queuedMs += sign * frame.durationMs;
+      this.audioBytes += sign * bytes;
     } else {
       this.textBytes += sign * bytes;
     }
@@ -217,19 +219,21 @@ export class SocketSink {
 
   /**
    * Applies the slow-client policy to what is left waiting for the socket (the newest frame always
-   * stays). Messages are never dropped: when they alone are over a bound, the client has to go.
+   * stays). Messages are never dropped: when they alone are over a bound, the client has to go. Its
+   * bytes are held to what the budget leaves beside the upstream's share; what the pacer holds is the
+   * pacer's to shed, so that a burst from the upstream is never blamed on the client.
    */
   private bound(): void {
     const { budget } = this.options;
     if (this.depth - this.queuedAudio > this.options.maxQueuedMessages) return this.giveUp();
+    const room = budget.limit - budget.upstreamBytes();
     let over = false;
-    while (this.queuedAudio > 1 && (this.queuedMs > this.options.queueLimitMs || budget.used > budget.limit)) {
+    while (this.queuedAudio > 1 && (this.queuedMs > this.options.queueLimitMs || this.audioBytes + this.textBytes > room)) {
       over = true;
       if (this.options.policy === 'close') return this.giveUp();
       this.dropOldestAudio();
     }
-    // Text cannot be dropped: once it alone does not fit beside what the upstream holds, the client goes.
-    if (this.textBytes > budget.limit - budget.upstreamBytes()) return this.giveUp();
+    if (this.textBytes > room) return this.giveUp();
     if (over) this.overflows.inc();
   }
 

@@ -38,7 +38,7 @@ export class UpstreamError extends Error {
 }
 
 /** Device messages as the session writes them; the upstream adds the server's session_id. */
-type Outgoing = DeviceMessage extends infer M ? (M extends { session_id: string } ? Omit<M, 'session_id'> : never) : never;
+export type UpstreamMessage = DeviceMessage extends infer M ? (M extends { session_id: string } ? Omit<M, 'session_id'> : never) : never;
 
 /**
  * One xiaozhi device session with a server. `messages$` is cold: each subscription opens a WebSocket
@@ -110,7 +110,7 @@ export class Upstream {
   }
 
   /** Sends a control message once the hello is done; without an open session there is nobody to tell. */
-  send(message: Outgoing): void {
+  send(message: UpstreamMessage): void {
     const socket = this.socket;
     if (socket === undefined || socket.readyState !== WebSocket.OPEN) return;
     socket.send(JSON.stringify({ ...message, session_id: this.serverSessionId }));

@@ -416,19 +416,19 @@ describe('playout reports', () => {
     const gw = await res.gateway();
     const client = await res.client(gw.url);
     await client.hello();
-    client.send(playout(120, 1, 1500));
+    client.send(playout(120, 1, 500));
     await sync(client, 'first');
     const first = await metricsWhen(gw);
-    client.send(playout(60, 3, 4250));
+    client.send(playout(60, 3, 1250));
     await sync(client, 'second');
     const second = await metricsWhen(gw);
 
     expect(client.received.json.filter((m) => m.type === 'error')).toEqual([]);
     expect(underruns(first)).toBe(1);
-    expect(played(first)).toBe(1.5);
+    expect(played(first)).toBe(0.5);
     expect(buffered(first)).toBe(1);
     expect(underruns(second)).toBe(3);
-    expect(played(second)).toBe(4.25);
+    expect(played(second)).toBe(1.25);
     expect(buffered(second)).toBe(2);
     expect(metricValue(second, 'voicegw_client_buffer_seconds_sum')).toBeCloseTo(0.18, 9);
     expect(metricValue(second, 'voicegw_client_buffer_seconds_bucket', 'le="0.04"')).toBe(0);
@@ -443,19 +443,19 @@ describe('playout reports', () => {
     const gw = await res.gateway();
     const client = await res.client(gw.url);
     await client.hello();
-    client.send(playout(100, 2, 2000));
+    client.send(playout(100, 2, 1000));
     const bad: unknown[] = [
-      playout(50, 1, 3000), // underruns went back
-      playout(50, 5, 1999), // playedMs went back (underruns 5 must not stick)
-      playout(-1, 2, 2000),
-      playout(0, -1, 2000),
+      playout(50, 1, 1500), // underruns went back
+      playout(50, 5, 999), // playedMs went back (underruns 5 must not stick)
+      playout(-1, 2, 1000),
+      playout(0, -1, 1000),
       playout(0, 2, -1),
-      playout(0, 2.5, 2000),
-      '{"type":"playout","bufferedMs":1e999,"underruns":2,"playedMs":2000}',
-      '{"type":"playout","bufferedMs":0,"underruns":1e999,"playedMs":2000}',
+      playout(0, 2.5, 1000),
+      '{"type":"playout","bufferedMs":1e999,"underruns":2,"playedMs":1000}',
+      '{"type":"playout","bufferedMs":0,"underruns":1e999,"playedMs":1000}',
       '{"type":"playout","bufferedMs":0,"underruns":2,"playedMs":1e999}',
-      playout('5', 2, 2000),
-      playout(0, null, 2000),
+      playout('5', 2, 1000),
+      playout(0, null, 1000),
       { type: 'playout', bufferedMs: 0, underruns: 2 },
     ];
     const at = client.received.json.length;
@@ -468,18 +468,39 @@ describe('playout reports', () => {
     expect(metricValue(text, 'voicegw_bad_messages_total', 'reason="bad_field"')).toBe(bad.length);
     expect(metricSum(text, 'voicegw_bad_messages_total')).toBe(bad.length);
     expect(underruns(text)).toBe(2);
-    expect(played(text)).toBe(2);
+    expect(played(text)).toBe(1);
     expect(buffered(text)).toBe(1);
     expect(metricValue(text, 'voicegw_client_buffer_seconds_sum')).toBe(0.1);
 
     // Measured from the last report counted: 4 underruns is forward of 2, whatever the rejected ones said.
-    client.send(playout(0, 4, 2000));
+    client.send(playout(0, 4, 1000));
     await sync(client, 'after the good one');
     const good = await metricsWhen(gw);
     expect(client.received.json.slice(at).filter((m) => m.type === 'error')).toHaveLength(bad.length);
     expect(underruns(good)).toBe(4);
-    expect(played(good)).toBe(2);
+    expect(played(good)).toBe(1);
     expect(buffered(good)).toBe(2);
+  });
+
+  it("answers a report that claims more than the session's own clock allows with bad_message, and counts nothing of it", async () => {
+    const gw = await res.gateway();
+    const client = await res.client(gw.url);
+    await client.hello();
+    const at = client.received.json.length;
+    // A minute of audio played, or a million underruns, in a session a moment old.
+    client.send(playout(0, 0, 60_000));
+    client.send(playout(0, 1_000_000, 0));
+    await sync(client, 'after the claims');
+    const text = await metricsWhen(gw);
+
+    expect(client.received.json.slice(at).map((m) => (m.type === 'error' ? m.message : m.type))).toEqual([
+      'playout: playedMs is more audio than the session has lasted',
+      'playout: more underruns than the session has had frames',
+      'pong',
+    ]);
+    expect(underruns(text)).toBe(0);
+    expect(played(text)).toBe(0);
+    expect(buffered(text)).toBe(0);
   });
 
   it('never relays a playout report upstream', async () => {
@@ -555,7 +576,7 @@ describe('playout reports', () => {
     const at = client.received.json.length;
     sim.sessions[0]!.close();
     await client.next(isState('reconnecting'), at);
-    client.send(playout(0, 7, 9000));
+    client.send(playout(0, 7, 900));
     await sync(client, 'reconnecting');
     const text = await metricsWhen(gw);
 
@@ -565,7 +586,7 @@ describe('playout reports', () => {
       'pong',
     ]);
     expect(underruns(text)).toBe(7);
-    expect(played(text)).toBe(9);
+    expect(played(text)).toBe(0.9);
     expect(buffered(text)).toBe(1);
   });
 });

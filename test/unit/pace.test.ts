@@ -210,6 +210,39 @@ describe('pace hold limit', () => {
 });
 
 describe('pace budget', () => {
+  it('weighs the messages it holds behind audio in the budget, and gives their bytes back as they leave', () => {
+    const budget = new SessionBudget(1024 * 1024);
+    const text = said('x'.repeat(100));
+    const textBytes = JSON.stringify(text.kind === 'message' && text.message).length;
+    let heldWithText = -1;
+    scheduler().run(({ cold, expectObservable }) => {
+      const values = { a: numbered(1), b: numbered(2), t: text };
+      const source = cold('(abt)', values);
+      const paced = source.pipe(
+        pace(0, () => {}, undefined, { maxMs: 5000, budget }),
+        tap((item) => item.kind === 'audio' && item.arrivedAt === 2 && (heldWithText = budget.held)),
+      );
+      expectObservable(paced).toBe('a 59ms (bt)', values);
+    });
+    // When b leaves, the text behind it is still held: its bytes and b's own, given back as b went.
+    expect(heldWithText).toBe(textBytes);
+    expect(budget.held).toBe(0);
+  });
+
+  it('lets held audio go so that messages held behind it fit the budget, and passes the messages on at once', () => {
+    const budget = new SessionBudget(200);
+    const drops: [number, string][] = [];
+    const big = said('y'.repeat(190));
+    scheduler().run(({ cold, expectObservable }) => {
+      const values = { a: numbered(1), b: numbered(2), c: numbered(3), d: numbered(4), t: big };
+      // b, c and d are held behind a; the text behind d does not fit beside them.
+      const paced = cold('(abcdt)', values).pipe(pace(0, (n, why) => drops.push([n, why]), undefined, { maxMs: 5000, budget }));
+      expectObservable(paced).toBe('a 59ms (dt)', values);
+    });
+    expect(drops).toEqual([[2, 'overflow']]);
+    expect(budget.held).toBe(0);
+  });
+
   it('takes the bytes of each frame it holds and gives them back as the frame leaves', () => {
     const budget = new SessionBudget(1024 * 1024);
     const heldAsEachLeft: number[] = [];

@@ -849,6 +849,21 @@ describe('SocketSink byte budget', () => {
     expect(budget.held).toBe(0);
   });
 
+  it('leaves what the pacer holds to the pacer: bytes taken elsewhere in the session make the sink neither drop audio nor give up', async () => {
+    const budget = new SessionBudget(100);
+    budget.take(90);
+    const { socket, sink, metrics, tooSlow, endTurn } = setup({ budget, policy: 'close' });
+    socket.bufferedAmount = OVER;
+    for (let i = 1; i <= 5; i++) {
+      sink.write(ten(`f${i}`));
+      endTurn();
+    }
+
+    expect(budget.used).toBe(140);
+    expect(await dropped(metrics, 'too_slow')).toBe(0);
+    expect(tooSlow).toEqual({ calls: 0, gaveUp: 0 });
+  });
+
   it('counts the bytes the upstream socket has not yet written against the queue, so that they make it drop audio', async () => {
     const budget = new SessionBudget(100);
     let upstream = 50;
