@@ -121,10 +121,19 @@ async function freePort(): Promise<number> {
   return address.port;
 }
 
-/** `node --import tsx src/main.ts` on a free loopback port in front of `upstreamUrl`; resolves once /healthz answers. */
-export async function startGateway(options: { upstreamUrl: string; env?: Record<string, string> }): Promise<GatewayTarget> {
+/**
+ * `node --import tsx src/main.ts` on a free loopback port in front of `upstreamUrl`; resolves once
+ * /healthz answers. `entry` starts another gateway the same way (bench/ws-relay.ts, for a comparison
+ * that differs in nothing but the gateway); `stopSignal` is the one that ends it at once.
+ */
+export async function startGateway(options: {
+  upstreamUrl: string;
+  env?: Record<string, string>;
+  entry?: string;
+  stopSignal?: NodeJS.Signals;
+}): Promise<GatewayTarget> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', options.entry ?? 'src/main.ts'], {
     cwd: ROOT,
     env: { ...process.env, LOG_LEVEL: 'warn', ...options.env, HOST: '127.0.0.1', PORT: String(port), UPSTREAM_URL: options.upstreamUrl },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -138,12 +147,12 @@ export async function startGateway(options: { upstreamUrl: string; env?: Record<
       await sleep(100);
     }
   })();
-  await started('the gateway', child, last, healthy);
+  await started(options.entry ?? 'the gateway', child, last, healthy);
   return {
     url: `ws://127.0.0.1:${port}/v1/voice`,
     pid: child.pid!,
     port,
-    // SIGINT stops at once; SIGTERM would drain for up to 30 s.
-    stop: () => stop(child, 'SIGINT'),
+    // voicegw stops at once on SIGINT; SIGTERM would drain for up to 30 s.
+    stop: () => stop(child, options.stopSignal ?? 'SIGINT'),
   };
 }
