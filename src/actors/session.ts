@@ -124,6 +124,8 @@ export class Session extends Actor<SessionMessage> {
   private upstreamFailing = false;
   /** Counts upstream connections, so that a failure reported twice (a fault found, then the socket's own error) is handled once. */
   private connection = 0;
+  /** The upstream was lost and reconnecting has not yet come to an end (recovered, failed or abandoned). */
+  private reconnecting = false;
   /** What the upstream socket had unsent at the last tick, and when it last took any of it. */
   private upstreamUnsent = 0;
   private upstreamProgressAt = 0;
@@ -465,7 +467,7 @@ export class Session extends Actor<SessionMessage> {
     this.reconnectAttempts = 0;
     if (this.phase === 'reconnecting') {
       this.phase = 'open';
-      this.deps.metrics.upstreamReconnects.labels('recovered').inc();
+      this.endReconnecting('recovered');
       this.log.info('upstream recovered');
       this.setState('ready');
       return;
@@ -522,6 +524,7 @@ export class Session extends Actor<SessionMessage> {
       this.log.warn({ kind, detail }, 'upstream lost');
       this.sendError('upstream_lost', `the voice service ${UPSTREAM_FAULTS[kind]}: reconnecting`);
       this.phase = 'reconnecting';
+      this.reconnecting = true;
       this.discarding = false;
       this.setState('reconnecting');
       // Draining: that state change was this session's last word.
@@ -531,7 +534,7 @@ export class Session extends Actor<SessionMessage> {
     }
     const { attempts, baseMs, maxMs } = this.deps.config.upstream.reconnect;
     if (this.reconnectAttempts >= attempts) {
-      this.deps.metrics.upstreamReconnects.labels('failed').inc();
+      this.endReconnecting('failed');
       this.sendError('upstream_unavailable', `the voice service did not come back after ${attempts} attempts`);
       this.close(CloseCode.upstreamUnavailable, 'upstream lost', 'upstream_lost');
       return;
@@ -557,6 +560,13 @@ export class Session extends Actor<SessionMessage> {
     } else if (now - Math.max(this.lastClientAt, this.lastUpstreamAt) > limits.idleTimeoutMs) {
       this.close(CloseCode.normal, 'idle', 'idle');
     }
+  }
+
+  /** One episode of a lost upstream, counted once by how it ended. */
+  private endReconnecting(outcome: 'recovered' | 'failed' | 'abandoned'): void {
+    if (!this.reconnecting) return;
+    this.reconnecting = false;
+    this.deps.metrics.upstreamReconnects.labels(outcome).inc();
   }
 
   /** Reported once per connection; the mailbox handles it after what is being handled now. */
@@ -635,6 +645,8 @@ export class Session extends Actor<SessionMessage> {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.report.replyEnded(replyCutBy(outcome));
+    // The client left, or a drain closed the session, before reconnecting came to an end.
+    this.endReconnecting('abandoned');
     this.deps.metrics.clientCloses.labels(closeCodeLabel(code)).inc();
     this.stopUpstream();
     this.delivery?.unsubscribe();

@@ -256,7 +256,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     }),
     upstreamReconnects: new Counter({
       name: 'voicegw_upstream_reconnects_total',
-      help: 'Sessions that lost their upstream mid-session, by how reconnecting ended: recovered, or failed (4002)',
+      help: 'Sessions that lost their upstream mid-session, by how reconnecting ended: recovered, failed (4002), or abandoned (the session ended first)',
       labelNames: ['outcome'] as const,
       registers,
     }),

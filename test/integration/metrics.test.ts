@@ -404,6 +404,22 @@ describe('upstream reconnects', () => {
     expect(metricSum(text, 'voicegw_replies_total')).toBe(0);
     expect(closes(text, '4002')).toBe(1);
   });
+
+  it('counts an episode the client ends before reconnecting does as abandoned, once', async () => {
+    const sim = await res.simulator();
+    const gw = await res.gateway({ UPSTREAM_URL: sim.url, UPSTREAM_RECONNECT_BASE_MS: '60000', UPSTREAM_RECONNECT_MAX_MS: '60000' });
+    const client = await res.client(gw.url);
+    await client.hello();
+    const at = client.received.json.length;
+    sim.sessions[0]!.close();
+    await client.next(isState('reconnecting'), at);
+    client.close();
+    await client.closed;
+    const text = await metricsWhen(gw, ended);
+
+    expect(reconnects(text, 'abandoned')).toBe(1);
+    expect(metricSum(text, 'voicegw_upstream_reconnects_total')).toBe(1);
+  });
 });
 
 const playout = (bufferedMs: unknown, underruns: unknown, playedMs: unknown) => ({ type: 'playout', bufferedMs, underruns, playedMs });
