@@ -1,8 +1,8 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import opus from '@discordjs/opus';
 import wavefile from 'wavefile';
 import WebSocket from 'ws';
+import { readUtterance, UPLINK_FRAME_MS } from './utterance.ts';
 
 const USAGE = `usage: npm run client -- (--text "hello" | --wav input.wav) [--out reply.wav] [options]
 
@@ -47,7 +47,7 @@ async function main(): Promise<void> {
   }
   if (values.uplink !== 'pcm16' && values.uplink !== 'opus') throw new Error('--uplink is pcm16 or opus');
   const rate = Number(values.rate);
-  const speech = values.wav === undefined ? undefined : readSpeech(values.wav, values.uplink);
+  const speech = values.wav === undefined ? undefined : readUtterance(values.wav, values.uplink);
   const headers = values.token === undefined ? undefined : { Authorization: `Bearer ${values.token}` };
   const ws = new WebSocket(values.url, { headers, perMessageDeflate: false });
   const pcm: Buffer[] = [];
@@ -57,7 +57,7 @@ async function main(): Promise<void> {
   const done = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no complete reply within ${values.timeout} s`)), Number(values.timeout) * 1000);
     ws.on('open', () => {
-      const uplink = speech === undefined ? undefined : { codec: speech.codec, sampleRate: speech.sampleRate, frameMs: FRAME_MS };
+      const uplink = speech === undefined ? undefined : { codec: speech.codec, sampleRate: speech.sampleRate, frameMs: UPLINK_FRAME_MS };
       ws.send(JSON.stringify({ type: 'hello', downlink: { codec: 'pcm16', sampleRate: rate, transport: 'binary' }, uplink }));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
@@ -115,36 +115,11 @@ async function main(): Promise<void> {
   print('wrote', values.out);
 }
 
-const FRAME_MS = 60;
-const OPUS_RATES = new Set([8000, 12000, 16000, 24000, 48000]);
-
-/** The WAV cut into FRAME_MS frames, as PCM or as Opus packets, ready to send one per frame. */
-function readSpeech(path: string, codec: 'pcm16' | 'opus'): { codec: 'pcm16' | 'opus'; sampleRate: number; frames: Buffer[] } {
-  const wav = new wavefile.WaveFile(readFileSync(path));
-  const fmt = wav.fmt as { numChannels: number; sampleRate: number; bitsPerSample: number };
-  if (fmt.numChannels !== 1 || fmt.bitsPerSample !== 16 || !OPUS_RATES.has(fmt.sampleRate)) {
-    throw new Error(`${path}: need mono 16-bit PCM at 8, 12, 16, 24 or 48 kHz, not ${fmt.numChannels} ch ${fmt.bitsPerSample} bit ${fmt.sampleRate} Hz`);
-  }
-  const samples = wav.getSamples(false, Int16Array) as unknown as Int16Array;
-  const pcm = Buffer.from(samples.buffer, samples.byteOffset, samples.byteLength);
-  const frameBytes = (fmt.sampleRate / 1000) * FRAME_MS * 2;
-  const frames: Buffer[] = [];
-  for (let offset = 0; offset < pcm.length; offset += frameBytes) {
-    const frame = Buffer.alloc(frameBytes);
-    pcm.copy(frame, 0, offset, offset + frameBytes);
-    frames.push(frame);
-  }
-  if (codec === 'pcm16') return { codec, sampleRate: fmt.sampleRate, frames };
-  const encoder = new opus.OpusEncoder(fmt.sampleRate, 1);
-  encoder.setBitrate(24_000);
-  return { codec, sampleRate: fmt.sampleRate, frames: frames.map((f) => encoder.encode(f)) };
-}
-
-/** Sends one frame per FRAME_MS against the clock, as a microphone would. */
+/** Sends one frame per UPLINK_FRAME_MS against the clock, as a microphone would. */
 async function speak(ws: WebSocket, frames: Buffer[]): Promise<void> {
   const start = performance.now();
   for (let i = 0; i < frames.length; i++) {
-    const wait = start + i * FRAME_MS - performance.now();
+    const wait = start + i * UPLINK_FRAME_MS - performance.now();
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
     ws.send(frames[i]!, { binary: true });
   }

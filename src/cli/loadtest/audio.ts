@@ -1,12 +1,4 @@
-// Audio as the load tool sees it: how long a downlink frame plays, and the WAV it speaks uplink.
-import { readFileSync } from 'node:fs';
-import opus from '@discordjs/opus';
-import wavefile from 'wavefile';
-
-/** Uplink frames are cut at this length, the protocol's default `uplink.frameMs`. */
-export const UPLINK_FRAME_MS = 60;
-/** The sample rates PROTOCOL.md allows, uplink and downlink. */
-export const RATES = [8000, 12000, 16000, 24000, 48000] as const;
+// Audio as the load tool sees it: how long a downlink frame plays.
 
 /** Frame sizes in ms by TOC configuration (RFC 6716, 3.1): SILK 0-11, Hybrid 12-15, CELT 16-31. */
 function opusFrameMs(config: number): number {
@@ -31,37 +23,4 @@ export function opusPacketMs(packet: Uint8Array): number | undefined {
 export function frameMs(codec: 'pcm16' | 'opus', sampleRate: number, payload: Uint8Array, previousMs: number): number {
   if (codec === 'pcm16') return (payload.length / 2 / sampleRate) * 1000;
   return opusPacketMs(payload) ?? previousMs;
-}
-
-export interface Utterance {
-  codec: 'pcm16' | 'opus';
-  sampleRate: number;
-  /** One UPLINK_FRAME_MS frame each: PCM bytes, or an Opus packet. */
-  frames: Buffer[];
-}
-
-/**
- * The WAV cut into UPLINK_FRAME_MS frames, as PCM or Opus packets: made once and sent by every session.
- * Throws with a message fit for the user when the file is not mono 16-bit PCM at a protocol rate.
- */
-export function readUtterance(path: string, codec: 'pcm16' | 'opus'): Utterance {
-  const wav = new wavefile.WaveFile(readFileSync(path));
-  const fmt = wav.fmt as { numChannels: number; sampleRate: number; bitsPerSample: number };
-  if (fmt.numChannels !== 1 || fmt.bitsPerSample !== 16 || !(RATES as readonly number[]).includes(fmt.sampleRate)) {
-    throw new Error(`${path}: need mono 16-bit PCM at 8, 12, 16, 24 or 48 kHz, not ${fmt.numChannels} ch ${fmt.bitsPerSample} bit ${fmt.sampleRate} Hz`);
-  }
-  const samples = wav.getSamples(false, Int16Array) as unknown as Int16Array;
-  const pcm = Buffer.from(samples.buffer, samples.byteOffset, samples.byteLength);
-  const frameBytes = (fmt.sampleRate / 1000) * UPLINK_FRAME_MS * 2;
-  const frames: Buffer[] = [];
-  for (let offset = 0; offset < pcm.length; offset += frameBytes) {
-    const frame = Buffer.alloc(frameBytes); // zeros pad the last frame
-    pcm.copy(frame, 0, offset, offset + frameBytes);
-    frames.push(frame);
-  }
-  if (frames.length === 0) throw new Error(`${path}: no audio in it`);
-  if (codec === 'pcm16') return { codec, sampleRate: fmt.sampleRate, frames };
-  const encoder = new opus.OpusEncoder(fmt.sampleRate, 1);
-  encoder.setBitrate(24_000);
-  return { codec, sampleRate: fmt.sampleRate, frames: frames.map((f) => encoder.encode(f)) };
 }

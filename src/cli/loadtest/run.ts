@@ -22,7 +22,7 @@ import { availableParallelism } from 'node:os';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import { readUtterance, UPLINK_FRAME_MS } from './audio.ts';
+import { readUtterance, UPLINK_FRAME_MS } from '../utterance.ts';
 import { machineSample, metricsProbe, procProbe, type CpuSample, type ProcessProbe, type ProcessSample } from './process-stats.ts';
 import { plan } from './plan.ts';
 import { buildReport, type LoadReport, type SendTimes } from './report.ts';

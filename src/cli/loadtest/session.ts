@@ -4,7 +4,8 @@
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
-import { frameMs, UPLINK_FRAME_MS, type Utterance } from './audio.ts';
+import { UPLINK_FRAME_MS, type Utterance } from '../utterance.ts';
+import { frameMs } from './audio.ts';
 import { ReplyTrack, SeqCheck, type ReplyEnd } from './reply.ts';
 
 export interface Hello {
