@@ -17,11 +17,11 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import opus from '@discordjs/opus';
 import { findCapacity, meetsSlo, SLO, type Probe } from '../src/cli/loadtest/capacity.ts';
 import { runLoad, type LoadReport } from '../src/cli/loadtest/run.ts';
 import { startGateway, startSimulator, type GatewayTarget } from '../src/cli/loadtest/targets.ts';
 import { loadSpeech } from '../src/sim/speech.ts';
+import { bareDecodeUs, median, table } from './baseline.ts';
 import { summarisePerf, type PerfSummary } from './perf-summary.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -69,31 +69,9 @@ const TARGETS: { name: TargetName; start: (o: { upstreamUrl: string; env?: Recor
   { name: 'ws-relay', start: (o) => startGateway({ ...o, entry: 'bench/ws-relay.ts', stopSignal: 'SIGTERM' }) },
 ];
 
-// Bare decode: the floor per frame for any relay that hands out PCM (as bench/gateway.bench.ts measures it).
-
 const speech = loadSpeech();
-const packets = speech.sentences.flatMap((s) => s.packets);
+const replyFrames = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
 
-/** CPU µs per decoded packet, `decoders` streams interleaved, each from its own starting point; median of `reps` runs. */
-function bareDecodeUs(decoders: number, reps: number): number {
-  const ds = Array.from({ length: decoders }, () => new opus.OpusEncoder(speech.sampleRate, 1));
-  const frames = packets.length * Math.max(decoders, 50);
-  const run = () => {
-    for (let i = 0; i < frames; i++) {
-      const d = i % decoders;
-      ds[d]!.decode(packets[(Math.floor(i / decoders) + d * 37) % packets.length]!);
-    }
-  };
-  run(); // warm-up: JIT, caches, every decoder touched
-  return median(
-    Array.from({ length: reps }, () => {
-      const before = process.cpuUsage();
-      run();
-      const used = process.cpuUsage(before);
-      return (used.user + used.system) / frames;
-    }),
-  );
-}
 
 // CPU of every process that shares the cores during a probe: the target, the simulator, this process (the
 // load driver: every client socket), and the rest of the machine.
@@ -281,7 +259,7 @@ async function probe(target: (typeof TARGETS)[number], sessions: number, extraEn
     loop.disable();
     // The tool counts lost frames against the simulator's sends of each tagged session, but the relay does
     // not pass the tag upstream (it drops `mcp`). Every reply is the whole fixture, so count instead.
-    const missing = sessions * REPLIES * packets.length - report.frames.received;
+    const missing = sessions * REPLIES * replyFrames - report.frames.received;
     if (missing > report.frames.lost) report.frames.lost = missing;
     const metrics1 = await scrape(gw.port);
     const samples = stopSampling();
@@ -566,17 +544,7 @@ function slope(ms: Measured[]): number {
   return sxx === 0 ? NaN : xs.reduce((a, x, i) => a + (x - mx) * (ys[i]! - my), 0) / sxx;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
-function table(rows: string[][]): string {
-  const [head, ...body] = rows;
-  const row = (r: string[]) => `| ${r.join(' | ')} |`;
-  return [row(head!), row(head!.map(() => '---')), ...body.map(row)].join('\n');
-}
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => process.exit(130));
 main().then(

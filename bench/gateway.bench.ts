@@ -14,10 +14,10 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import opus from '@discordjs/opus';
 import WebSocket from 'ws';
 import { startSimulator, type SimSession } from '../src/sim/simulator.ts';
 import { loadSpeech } from '../src/sim/speech.ts';
+import { bareDecodeUs, median, table } from './baseline.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 200);
@@ -55,32 +55,10 @@ const children = new Set<ChildProcess>();
 process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
 for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => process.exit(130));
 
-// (a) Bare decode: the floor any relay that hands out PCM pays per frame.
+// (a) Bare decode: the floor any relay that hands out PCM pays per frame (bench/baseline.ts).
 
 const speech = loadSpeech();
 const packets = speech.sentences.flatMap((s) => s.packets);
-
-/** CPU µs per decoded packet, `decoders` streams interleaved; the median of `reps` runs. */
-function bareDecodeUs(decoders: number, reps: number): number {
-  const ds = Array.from({ length: decoders }, () => new opus.OpusEncoder(speech.sampleRate, 1));
-  // Each decoder walks the reply in order (a real stream) from its own starting point: if all decoded the
-  // same packet back to back, branch predictors and caches would flatter libopus.
-  const frames = packets.length * Math.max(decoders, 50); // every decoder sees every packet equally often
-  const run = () => {
-    for (let i = 0; i < frames; i++) {
-      const d = i % decoders;
-      ds[d]!.decode(packets[(Math.floor(i / decoders) + d * 37) % packets.length]!);
-    }
-  };
-  run(); // warm-up: JIT, caches, every decoder touched
-  const runs = Array.from({ length: reps }, () => {
-    const before = process.cpuUsage();
-    run();
-    const used = process.cpuUsage(before);
-    return (used.user + used.system) / frames;
-  });
-  return median(runs);
-}
 
 // (b), (c): a child process serving SESSIONS real client sessions.
 
@@ -458,17 +436,7 @@ async function main(): Promise<void> {
   if (failed) process.exitCode = 1;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
-function table(rows: string[][]): string {
-  const [head, ...body] = rows;
-  const line = (r: string[]) => `| ${r.join(' | ')} |`;
-  return [line(head!), line(head!.map(() => '---')), ...body.map(line)].join('\n');
-}
 
 main().then(
   () => process.exit(),
