@@ -11,18 +11,26 @@ export type SendTimes = Map<string, number[][]>;
 
 /** What was run, as the report states it. */
 export interface RunInfo {
+  /** ws://host:port/v1/voice of the gateway under test. */
   url: string;
+  /** Concurrent sessions. */
   sessions: number;
+  /** Turns per session. */
   replies: number;
+  /** Sessions start spread evenly over this many seconds. */
   rampS: number;
+  /** The text typed or the WAV spoken each turn. */
   input: string;
   codec: 'pcm16' | 'opus';
   rate: number;
   transport: 'binary' | 'json';
   pacing: 'none' | 'realtime';
   prebufferMs: number;
+  /** Listener jitter buffers modelled, e.g. [60, 120, 250]. */
   buffersMs: number[];
+  /** Share 0..1 of replies interrupted after a random part. */
   bargeIn: number;
+  /** Share 0..1 of sessions whose socket stops reading. */
   slow: number;
   seed: number;
   /** What the gateway's upstream is, when the tool knows: its own simulator and its pacing. */

@@ -25,40 +25,21 @@ import WebSocket from 'ws';
 import { readUtterance, UPLINK_FRAME_MS } from '../utterance.ts';
 import { machineSample, metricsProbe, procProbe, type CpuSample, type ProcessProbe, type ProcessSample } from './process-stats.ts';
 import { plan } from './plan.ts';
-import { buildReport, type LoadReport, type SendTimes } from './report.ts';
+import { buildReport, type LoadReport, type RunInfo, type SendTimes } from './report.ts';
 import { LoadSession, type Hello, type Live } from './session.ts';
 
 export type { LoadReport, SendTimes } from './report.ts';
 
-export interface LoadOptions {
-  /** ws://host:port/v1/voice of the gateway under test. */
-  url: string;
-  /** Concurrent sessions. */
-  sessions: number;
-  /** Turns per session. */
-  replies: number;
-  /** Sessions start spread evenly over this many seconds. */
-  rampS: number;
+/** A run as RunInfo states it, with how to make each turn and how to watch the gateway. */
+export interface LoadOptions extends Omit<RunInfo, 'input' | 'upstream' | 'startedAt'> {
   /** Each turn by typed text ... */
   text: string | undefined;
   /** ... or by streaming this WAV as microphone audio, in real time. */
   wav: string | undefined;
   uplinkCodec: 'opus' | 'pcm16';
-  codec: 'pcm16' | 'opus';
-  rate: number;
-  transport: 'binary' | 'json';
-  pacing: 'none' | 'realtime';
-  prebufferMs: number;
-  /** Listener jitter buffers modelled, e.g. [60, 120, 250]. */
-  buffersMs: number[];
-  /** Share 0..1 of replies interrupted after a random part. */
-  bargeIn: number;
-  /** Share 0..1 of sessions whose socket stops reading. */
-  slow: number;
   token: string | undefined;
   /** Hard bound on the whole run: sessions not done by then fail. */
   timeoutS: number;
-  seed: number;
   /** What the gateway's upstream is, for the report (e.g. "the tool's simulator, xiaozhi pacing"). */
   upstream?: string;
   upstreamSendTimes?: () => Promise<SendTimes>;
