@@ -325,7 +325,8 @@ export class Session extends Actor<SessionMessage> {
     const budget = this.budget!;
     upstream.send(message);
     const unsent = upstream.bufferedAmount;
-    if (unsent > budget.limit / 2) {
+    // Counted once per connection, like the fault it reports.
+    if (unsent > budget.limit / 2 && !this.upstreamFailing) {
       this.deps.metrics.bufferOverflows.labels('upstream').inc();
       this.failUpstream(new UpstreamError('not_reading', `${unsent} bytes unsent: the upstream is not reading`));
     }
