@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import type { ProtocolVersion } from './protocol/xiaozhi.ts';
 
@@ -36,7 +37,10 @@ const schema = z.object({
   UPSTREAM_RECONNECT_BASE_MS: int(250, 1, 60_000),
   UPSTREAM_RECONNECT_MAX_MS: int(5000, 1, 600_000),
 
+  WORKERS: int(availableParallelism(), 1, 256),
   MAX_SESSIONS: int(1000, 1, 1_000_000),
+  ADMISSION_MAX_LAG_MS: int(50, 1, 10_000),
+  ADMISSION_MAX_LATENESS_MS: int(40, 1, 10_000),
   MAX_FRAME_BYTES: int(64 * 1024, 1024, 16 * 1024 * 1024),
   HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
   IDLE_TIMEOUT_MS: int(300_000, 1000, 86_400_000),
@@ -72,7 +76,10 @@ export interface Config {
     /** After losing the upstream mid-session: attempts, then capped exponential backoff between them. */
     reconnect: { attempts: number; baseMs: number; maxMs: number };
   };
+  /** Threads serving clients, one uWS App each on the same port; a session lives wholly in one. */
+  workers: number;
   limits: {
+    /** Sessions the whole gateway holds at most, shared evenly between the workers. */
     maxSessions: number;
     maxFrameBytes: number;
     helloTimeoutMs: number;
@@ -81,6 +88,12 @@ export interface Config {
     /** On SIGTERM, how long replies in progress may run before every session is closed (1001). */
     drainDeadlineMs: number;
   };
+  /**
+   * Admission by load, per worker: while its event loop lags or its delivered frames run late by more
+   * than these bounds, it refuses new sessions (1013) and /readyz says 503, so that the sessions it
+   * already holds keep their timing.
+   */
+  admission: { maxLagMs: number; maxLatenessMs: number };
   sink: {
     /** Above this many bytes buffered in the socket, frames wait in the session's own queue. */
     highWaterBytes: number;
@@ -132,6 +145,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       stallTimeoutMs: e.UPSTREAM_STALL_TIMEOUT_MS,
       reconnect: { attempts: e.UPSTREAM_RECONNECT_ATTEMPTS, baseMs: e.UPSTREAM_RECONNECT_BASE_MS, maxMs: e.UPSTREAM_RECONNECT_MAX_MS },
     },
+    workers: e.WORKERS,
     limits: {
       maxSessions: e.MAX_SESSIONS,
       maxFrameBytes: e.MAX_FRAME_BYTES,
@@ -139,6 +153,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       idleTimeoutMs: e.IDLE_TIMEOUT_MS,
       drainDeadlineMs: e.DRAIN_DEADLINE_MS,
     },
+    admission: { maxLagMs: e.ADMISSION_MAX_LAG_MS, maxLatenessMs: e.ADMISSION_MAX_LATENESS_MS },
     sink: {
       highWaterBytes: e.SOCKET_HIGH_WATER_BYTES,
       queueLimitMs: e.QUEUE_LIMIT_MS,

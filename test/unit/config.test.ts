@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, type Config } from '../../src/config.ts';
 
@@ -27,7 +28,9 @@ const DEFAULTS: Config = {
     stallTimeoutMs: 15_000,
     reconnect: { attempts: 5, baseMs: 250, maxMs: 5000 },
   },
+  workers: availableParallelism(),
   limits: { maxSessions: 1000, maxFrameBytes: 64 * 1024, helloTimeoutMs: 10_000, idleTimeoutMs: 300_000, drainDeadlineMs: 30_000 },
+  admission: { maxLagMs: 50, maxLatenessMs: 40 },
   sink: { highWaterBytes: 256 * 1024, queueLimitMs: 5000, maxQueuedMessages: 1000, policy: 'drop-oldest', sessionBufferBytes: 256 * 1024 },
   sim: { reply: 'speech' },
 };
