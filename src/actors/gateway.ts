@@ -3,12 +3,13 @@ import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { CloseCode } from '../protocol/client.ts';
+import type { Connection, ConnectionHandler } from '../transport/client-server.ts';
 import type { Upstream, UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
 import { Session, type SessionOutcome, type SessionSocket } from './session.ts';
 
 export type GatewayMessage =
-  | { kind: 'connected'; socket: SessionSocket; attach: (session: Session) => void }
+  | { kind: 'connected'; socket: SessionSocket; attach: (connection: Connection) => void }
   | { kind: 'session-ended'; session: Session; outcome: SessionOutcome }
   | { kind: 'tick' }
   /** Stop admitting; let replies in progress finish until the deadline, then close every session. */
@@ -31,7 +32,7 @@ const TICK_MS = 1000;
  * The supervisor: admits sessions (capacity, draining), keeps the registry, hears when a session ends,
  * and keeps time for the sessions. It never reaches into a session's state: they talk by messages.
  */
-export class Gateway extends Actor<GatewayMessage> {
+export class Gateway extends Actor<GatewayMessage> implements ConnectionHandler {
   private readonly sessions = new Map<string, Session>();
   private closing = false;
   private drained: (() => void) | undefined;
@@ -41,6 +42,10 @@ export class Gateway extends Actor<GatewayMessage> {
   constructor(private readonly deps: GatewayDeps) {
     super();
     this.ticker = setInterval(() => this.post({ kind: 'tick' }), TICK_MS).unref();
+  }
+
+  open(socket: SessionSocket, attach: (connection: Connection) => void): void {
+    this.post({ kind: 'connected', socket, attach });
   }
 
   /** Whether a new session would be admitted now: what /readyz answers. */
@@ -105,7 +110,7 @@ export class Gateway extends Actor<GatewayMessage> {
     drained();
   }
 
-  private admit(socket: SessionSocket, attach: (session: Session) => void): void {
+  private admit(socket: SessionSocket, attach: (connection: Connection) => void): void {
     if (!this.accepting) {
       this.deps.metrics.sessionsTotal.labels('refused').inc();
       this.deps.metrics.clientCloses.labels(String(CloseCode.tryAgainLater)).inc();

@@ -22,6 +22,7 @@ import type { AudioFrame, UpstreamEvent } from '../streams/events.ts';
 import { pace } from '../streams/pace.ts';
 import { parse } from '../streams/parse.ts';
 import { DISCARD, toClient, type Outbound } from '../streams/to-client.ts';
+import type { Connection } from '../transport/client-server.ts';
 import { SocketSink, type ClientSocket } from '../transport/socket-sink.ts';
 import { Upstream, UpstreamError, type UpstreamErrorKind, type UpstreamMessage, type UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
@@ -35,7 +36,6 @@ export type SessionMessage =
   | { kind: 'client-oversized'; bytes: number }
   /** tooLarge: uWS cut the connection itself, for a frame far past MAX_FRAME_BYTES (it sends no close frame then). */
   | { kind: 'client-closed'; code: number; tooLarge?: boolean }
-  | { kind: 'drain' }
   | { kind: 'hello-timeout' }
   | { kind: 'tick'; now: number }
   | { kind: 'reconnect' }
@@ -92,7 +92,7 @@ type Phase = 'awaiting-hello' | 'connecting' | 'open' | 'reconnecting' | 'ending
  * downlink pipeline (upstream → parse → decodeOpus → here) and the outbound one (here → pace →
  * toClient → socket sink), so everything the client receives leaves through one ordered queue.
  */
-export class Session extends Actor<SessionMessage> {
+export class Session extends Actor<SessionMessage> implements Connection {
   readonly id: string;
   readonly log: Logger;
   private phase: Phase = 'awaiting-hello';
@@ -154,6 +154,29 @@ export class Session extends Actor<SessionMessage> {
     this.timer = setTimeout(() => this.post({ kind: 'hello-timeout' }), deps.config.limits.helloTimeoutMs);
   }
 
+  // What the client server reports of the connection.
+
+  text(text: string): void {
+    this.post({ kind: 'client-text', text });
+  }
+
+  binary(data: Buffer): void {
+    this.post({ kind: 'client-binary', data });
+  }
+
+  oversized(bytes: number): void {
+    this.post({ kind: 'client-oversized', bytes });
+  }
+
+  /** Straight to the sink: the one place backpressure lives, and nothing the session decides. */
+  drain(): void {
+    this.sink?.drain();
+  }
+
+  closed(code: number, tooLarge: boolean): void {
+    this.post({ kind: 'client-closed', code, tooLarge });
+  }
+
   protected receive(m: SessionMessage): void {
     if (this.phase === 'closed') return;
     if (m.kind === 'client-closed' && m.tooLarge === true) {
@@ -161,7 +184,6 @@ export class Session extends Actor<SessionMessage> {
       return this.finish('too_large', m.code);
     }
     if (m.kind === 'client-closed') return this.finish(this.phase === 'ending' ? this.endingOutcome : CLEAN_CLOSES.has(m.code) ? 'normal' : 'client_gone', m.code);
-    if (m.kind === 'drain') return this.sink?.drain();
     if (m.kind === 'shutdown' && !m.graceful) return this.abandon(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
     if (m.kind === 'too-slow') return this.abandon(CloseCode.tooSlow, 'client too slow', 'too_slow');
     if (m.kind === 'pipeline-failed') return this.failed(m.error, m);

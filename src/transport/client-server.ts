@@ -1,13 +1,33 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import uWS from 'uWebSockets.js';
-import type { Gateway } from '../actors/gateway.ts';
-import type { Session } from '../actors/session.ts';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import type { ClientSocket } from './socket-sink.ts';
+
+/** One client's connection, as the server reports it: what it sent, when it drained, how it closed. */
+export interface Connection {
+  text(text: string): void;
+  /** `data` is the gateway's own copy. */
+  binary(data: Buffer): void;
+  /** A frame over MAX_FRAME_BYTES: refused unread. */
+  oversized(bytes: number): void;
+  /** The socket's send buffer has room again. */
+  drain(): void;
+  /** tooLarge: uWS cut the connection itself, for a frame far past MAX_FRAME_BYTES (it sends no close frame then). */
+  closed(code: number, tooLarge: boolean): void;
+}
+
+/** Who serves the connections: main wires it to the gateway. */
+export interface ConnectionHandler {
+  /** A client connected; `attach` is called with its connection once admitted (a refused one is ended). */
+  open(socket: ClientSocket, attach: (connection: Connection) => void): void;
+  /** Whether a new session would be admitted now: what /readyz answers. */
+  readonly accepting: boolean;
+}
 
 interface SocketData {
-  session: Session | undefined;
+  connection: Connection | undefined;
 }
 
 export interface ClientServer {
@@ -47,7 +67,7 @@ export function assertNativeUws(): void {
 }
 
 /** The client-facing server: /v1/voice, /metrics, /healthz, /readyz. I/O only; decisions are the actors'. */
-export function startClientServer(gateway: Gateway, config: Config, metrics: Metrics, logger: Logger): Promise<ClientServer> {
+export function startClientServer(handler: ConnectionHandler, config: Config, metrics: Metrics, logger: Logger): Promise<ClientServer> {
   assertNativeUws();
   const authorized = tokenCheck(config.clientTokens);
   const app = uWS.App();
@@ -70,7 +90,7 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
         return;
       }
       res.upgrade<SocketData>(
-        { session: undefined },
+        { connection: undefined },
         req.getHeader('sec-websocket-key'),
         req.getHeader('sec-websocket-protocol'),
         req.getHeader('sec-websocket-extensions'),
@@ -78,33 +98,29 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
       );
     },
     open: (ws) => {
-      gateway.post({
-        kind: 'connected',
-        socket: ws,
-        attach: (session) => {
-          ws.getUserData().session = session;
-        },
+      handler.open(ws, (connection) => {
+        ws.getUserData().connection = connection;
       });
     },
     message: (ws, message, isBinary) => {
-      const session = ws.getUserData().session;
-      if (session === undefined) return;
+      const connection = ws.getUserData().connection;
+      if (connection === undefined) return;
       if (message.byteLength > config.limits.maxFrameBytes) {
-        session.post({ kind: 'client-oversized', bytes: message.byteLength });
+        connection.oversized(message.byteLength);
         return;
       }
       // uWS lends `message` for this call only: copy what outlives it.
-      if (isBinary) session.post({ kind: 'client-binary', data: Buffer.from(new Uint8Array(message)) });
-      else session.post({ kind: 'client-text', text: Buffer.from(message).toString('utf8') });
+      if (isBinary) connection.binary(Buffer.from(new Uint8Array(message)));
+      else connection.text(Buffer.from(message).toString('utf8'));
     },
     drain: (ws) => {
-      ws.getUserData().session?.post({ kind: 'drain' });
+      ws.getUserData().connection?.drain();
     },
     close: (ws, code, message) => {
       const data = ws.getUserData();
       const tooLarge = code === 1006 && Buffer.from(message).toString('latin1') === UWS_TOO_BIG;
-      data.session?.post({ kind: 'client-closed', code, tooLarge });
-      data.session = undefined;
+      data.connection?.closed(code, tooLarge);
+      data.connection = undefined;
     },
   });
 
@@ -117,7 +133,7 @@ export function startClientServer(gateway: Gateway, config: Config, metrics: Met
     res.end('ok');
   });
   app.get('/readyz', (res) => {
-    if (gateway.accepting) res.end('ready');
+    if (handler.accepting) res.end('ready');
     else res.writeStatus('503 Service Unavailable').end('not accepting sessions');
   });
   app.get('/metrics', (res) => {
