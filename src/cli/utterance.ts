@@ -3,13 +3,10 @@
 import { readFileSync } from 'node:fs';
 import opus from '@discordjs/opus';
 import wavefile from 'wavefile';
+import { isOpusRate, OPUS_BITRATE, pcmFrames } from '../protocol/audio.ts';
 
 /** Uplink frames are cut at this length, the protocol's default `uplink.frameMs`. */
 export const UPLINK_FRAME_MS = 60;
-/** The sample rates PROTOCOL.md allows, uplink and downlink. */
-export const RATES = [8000, 12000, 16000, 24000, 48000] as const;
-/** What a speech server's encoder uses, so that the uplink sounds like a device's. */
-const BITRATE = 24_000;
 
 export interface Utterance {
   codec: 'pcm16' | 'opus';
@@ -25,21 +22,15 @@ export interface Utterance {
 export function readUtterance(path: string, codec: 'pcm16' | 'opus'): Utterance {
   const wav = new wavefile.WaveFile(readFileSync(path));
   const fmt = wav.fmt as { numChannels: number; sampleRate: number; bitsPerSample: number };
-  if (fmt.numChannels !== 1 || fmt.bitsPerSample !== 16 || !(RATES as readonly number[]).includes(fmt.sampleRate)) {
+  if (fmt.numChannels !== 1 || fmt.bitsPerSample !== 16 || !isOpusRate(fmt.sampleRate)) {
     throw new Error(`${path}: need mono 16-bit PCM at 8, 12, 16, 24 or 48 kHz, not ${fmt.numChannels} ch ${fmt.bitsPerSample} bit ${fmt.sampleRate} Hz`);
   }
   const samples = wav.getSamples(false, Int16Array) as unknown as Int16Array;
   const pcm = Buffer.from(samples.buffer, samples.byteOffset, samples.byteLength);
-  const frameBytes = (fmt.sampleRate / 1000) * UPLINK_FRAME_MS * 2;
-  const frames: Buffer[] = [];
-  for (let offset = 0; offset < pcm.length; offset += frameBytes) {
-    const frame = Buffer.alloc(frameBytes); // zeros pad the last frame
-    pcm.copy(frame, 0, offset, offset + frameBytes);
-    frames.push(frame);
-  }
+  const frames = pcmFrames(pcm, fmt.sampleRate, UPLINK_FRAME_MS);
   if (frames.length === 0) throw new Error(`${path}: no audio in it`);
   if (codec === 'pcm16') return { codec, sampleRate: fmt.sampleRate, frames };
   const encoder = new opus.OpusEncoder(fmt.sampleRate, 1);
-  encoder.setBitrate(BITRATE);
+  encoder.setBitrate(OPUS_BITRATE);
   return { codec, sampleRate: fmt.sampleRate, frames: frames.map((f) => encoder.encode(f)) };
 }

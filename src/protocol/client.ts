@@ -1,11 +1,13 @@
 import { z } from 'zod';
+import { MAX_OPUS_PACKET_BYTES, OPUS_RATES, opusPacketDurationMs } from './audio.ts';
 import { isObject, parseJsonObject } from './json.ts';
 
 // The client protocol, version 1 (../shared/PROTOCOL.md; docs/protocol.md). Pure: parsing answers with
 // a value that says what was wrong, so that a bad message is answered with an error and the session goes on.
 
 export const PROTOCOL_VERSION = 1;
-export const DOWNLINK_RATES = [8000, 12000, 16000, 24000, 48000] as const;
+/** Any rate an Opus decoder outputs, either way. */
+export const DOWNLINK_RATES = OPUS_RATES;
 /** A ping's id is echoed in its pong; past this (as JSON) the ping is a bad_message. */
 export const MAX_PING_ID_CHARS = 256;
 /** A playout figure past a year of audio is not a measurement. */
@@ -113,6 +115,18 @@ export interface Negotiated {
 export function negotiate(hello: ClientHello, upstreamRate: number): Negotiated {
   const downlink = hello.downlink.codec === 'opus' ? { ...hello.downlink, sampleRate: upstreamRate } : hello.downlink;
   return { downlink, uplink: hello.uplink, pacing: hello.pacing };
+}
+
+/**
+ * What is wrong with one binary frame of uplink audio in the negotiated codec, or undefined: pcm16
+ * frames hold whole samples; an Opus frame is one packet whose TOC byte reads.
+ */
+export function uplinkAudioProblem(codec: Uplink['codec'], data: Buffer): string | undefined {
+  if (codec === 'pcm16') return data.length % 2 === 0 ? undefined : `pcm16 frames hold whole 16-bit samples: ${data.length} bytes is odd`;
+  if (data.length === 0 || data.length > MAX_OPUS_PACKET_BYTES || opusPacketDurationMs(data) === 0) {
+    return `not an Opus packet: ${data.length} bytes (at most ${MAX_OPUS_PACKET_BYTES})`;
+  }
+  return undefined;
 }
 
 export type ErrorCode =

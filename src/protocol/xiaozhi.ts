@@ -1,3 +1,4 @@
+import { isOpusRate } from './audio.ts';
 import { isObject, parseJsonObject } from './json.ts';
 
 // The xiaozhi device protocol (../shared/XIAOZHI.md), as the gateway speaks it to a voice-AI server.
@@ -41,8 +42,6 @@ export type JsonParse =
   | { ok: true; message: ServerMessage }
   | { ok: false; reason: 'not_json' | 'not_object' | 'too_deep' | 'no_type' | 'bad_field'; detail: string };
 
-const OPUS_RATES = new Set([8000, 12000, 16000, 24000, 48000]);
-
 const KNOWN_TYPES = new Set(['hello', 'stt', 'llm', 'tts', 'mcp']);
 
 /**
@@ -66,7 +65,7 @@ export function parseServerJson(text: string): JsonParse {
           type: 'hello',
           sessionId: typeof m.session_id === 'string' ? m.session_id : '',
           transport: m.transport,
-          sampleRate: typeof rate === 'number' && OPUS_RATES.has(rate) ? rate : undefined,
+          sampleRate: typeof rate === 'number' && isOpusRate(rate) ? rate : undefined,
         },
       };
     }
@@ -169,27 +168,4 @@ export function parseDeviceJson(text: string): { ok: true; message: Record<strin
   const m = parsed.value;
   if (typeof m.type !== 'string') return { ok: false, detail: 'no string "type"' };
   return { ok: true, message: m as Record<string, unknown> & { type: string } };
-}
-
-/** RFC 6716: no packet holds more than 120 ms of audio. */
-const MAX_PACKET_MS = 120;
-
-/**
- * Opus packets describe their own length: the TOC byte's config gives the frame size, its code the
- * count. 0 means unreadable, including a count that claims more than a packet can hold.
- */
-export function opusPacketDurationMs(packet: Buffer): number {
-  if (packet.length === 0) return 0;
-  const toc = packet[0]!;
-  const config = toc >> 3;
-  let frameMs: number;
-  if (config < 12) frameMs = [10, 20, 40, 60][config & 3]!;
-  else if (config < 16) frameMs = (config & 1) === 0 ? 10 : 20;
-  else frameMs = [2.5, 5, 10, 20][config & 3]!;
-  const code = toc & 3;
-  if (code === 0) return frameMs;
-  if (code === 1 || code === 2) return 2 * frameMs;
-  if (packet.length < 2) return 0;
-  const ms = (packet[1]! & 0x3f) * frameMs;
-  return ms <= MAX_PACKET_MS ? ms : 0;
 }

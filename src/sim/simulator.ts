@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import opus, { type OpusEncoder } from '@discordjs/opus';
+import { OPUS_BITRATE, pcmFrames } from '../protocol/audio.ts';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { decodeBinary, encodeBinary, parseDeviceJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
 import { silentLogger, type Logger } from '../observability/log.ts';
@@ -112,7 +113,6 @@ const TIMER_SLACK_MS = 1;
 const HEARD_PHRASE = 'Can we practise English?';
 const CLOSE_GRACE_MS = 1000;
 /** The echo is encoded like a server's speech: about 24 kbit/s. */
-const ECHO_BITRATE = 24000;
 const OVERSIZED_BYTES = 2 * 1024 * 1024;
 
 type Sentence = { text: string; packets: Buffer[] };
@@ -342,13 +342,7 @@ class Session implements SimSession {
     this.forget();
     const { sampleRate, frameMs } = this.behaviour;
     const text = `echo: ${(pcm.length / 2 / sampleRate).toFixed(2)} s of speech`;
-    const frameBytes = ((sampleRate * frameMs) / 1000) * 2;
-    const packets: Buffer[] = [];
-    for (let at = 0; at < pcm.length; at += frameBytes) {
-      const frame = Buffer.alloc(frameBytes); // zeros pad the last frame
-      pcm.copy(frame, 0, at);
-      packets.push(this.opus().encode(frame));
-    }
+    const packets = pcmFrames(pcm, sampleRate, frameMs).map((frame) => this.opus().encode(frame));
     this.reply(text, packets.length > 0 ? [{ text, packets }] : []);
   }
 
@@ -363,7 +357,7 @@ class Session implements SimSession {
     if (this.codec === undefined) {
       // Created at the downlink rate: a decoder outputs any rate whatever rate the packet was encoded at.
       this.codec = new opus.OpusEncoder(this.behaviour.sampleRate, 1);
-      this.codec.setBitrate(ECHO_BITRATE);
+      this.codec.setBitrate(OPUS_BITRATE);
     }
     return this.codec;
   }

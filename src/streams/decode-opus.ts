@@ -1,47 +1,65 @@
 import opus from '@discordjs/opus';
-import { defer, finalize, map, type OperatorFunction } from 'rxjs';
-import type { UpstreamEvent } from './events.ts';
+import { defer, filter, finalize, map, type OperatorFunction } from 'rxjs';
+import { MAX_OPUS_PACKET_MS } from '../protocol/audio.ts';
+import type { AudioFrame } from './events.ts';
+import type { REPLY_END } from './to-client.ts';
 
 const LOST = Buffer.alloc(0);
-const MAX_OPUS_FRAME_MS = 120;
+const noop = (): void => {};
 
 /**
  * Decodes each audio frame's Opus packet to 16-bit mono PCM at `sampleRate`, whatever rate the upstream
- * encoded at (Opus decoders resample; the upstream hello's rate is not to be trusted). Other events pass.
- * The decoder is the subscriber's own: made on subscribe, released on teardown, never shared.
- * A packet that will not decode becomes one concealment frame of the same duration, marked `concealed`.
+ * encoded at (Opus decoders resample; the upstream hello's rate is not to be trusted). Other items pass.
+ * The decoder is the subscriber's own, never shared, and a reply's: made at the reply's first frame,
+ * released at `reply-end` (which it takes out of the stream) and on teardown. Each reply is a stream of
+ * its own, from whichever upstream connection carried it, and a session between replies holds none.
+ * A packet that will not decode becomes one concealment frame of the same duration, marked `concealed`
+ * (and told to `concealed`, for the count).
  *
  * ```
- * source:      --a(opus)--m--b(corrupt)--c(opus)--|
- * decodeOpus:  --a(pcm)---m--b(plc)------c(pcm)---|
+ * source:      --a(opus)--m--b(corrupt)--c(opus)--END--d(opus)--|
+ * decodeOpus:  --a(pcm)---m--b(plc)------c(pcm)-------d(pcm)---|   (d: a fresh decoder)
  * ```
  */
-export function decodeOpus(sampleRate: number): OperatorFunction<UpstreamEvent, UpstreamEvent> {
+export function decodeOpus<T extends { readonly kind: string }>(
+  sampleRate: number,
+  concealed: () => void = noop,
+): OperatorFunction<T | AudioFrame | typeof REPLY_END, T | AudioFrame> {
   const samplesPerMs = sampleRate / 1000;
   return (source) =>
     defer(() => {
       // The binding frees libopus state when its wrapper is collected: holding the only reference in
       // this closure makes the subscription the decoder's lifetime.
-      let decoder: opus.OpusEncoder | undefined = new opus.OpusEncoder(sampleRate, 1);
+      let decoder: opus.OpusEncoder | undefined;
+      let ended = false;
       return source.pipe(
-        map((event): UpstreamEvent => {
-          if (event.kind !== 'audio' || decoder === undefined) return event;
+        filter((item): item is T | AudioFrame => {
+          if (item.kind !== 'reply-end') return true;
+          decoder = undefined;
+          return false;
+        }),
+        map((item) => {
+          if (item.kind !== 'audio' || ended) return item;
+          const frame = item as AudioFrame;
+          decoder ??= new opus.OpusEncoder(sampleRate, 1);
           let pcm: Buffer | undefined;
           // An empty packet would not throw: libopus would conceal its maximum frame size instead.
-          if (event.data.length > 0) {
+          if (frame.data.length > 0) {
             try {
-              pcm = decoder.decode(event.data);
+              pcm = decoder.decode(frame.data);
             } catch {
               pcm = undefined;
             }
           }
           if (pcm !== undefined) {
-            return { kind: 'audio', data: pcm, arrivedAt: event.arrivedAt, durationMs: pcm.length / 2 / samplesPerMs, concealed: false };
+            return { kind: 'audio', data: pcm, arrivedAt: frame.arrivedAt, durationMs: pcm.length / 2 / samplesPerMs, concealed: false } satisfies AudioFrame;
           }
-          const plc = conceal(decoder, Math.round(Math.min(event.durationMs, MAX_OPUS_FRAME_MS) * samplesPerMs));
-          return { kind: 'audio', data: plc, arrivedAt: event.arrivedAt, durationMs: event.durationMs, concealed: true };
+          concealed();
+          const plc = conceal(decoder, Math.round(Math.min(frame.durationMs, MAX_OPUS_PACKET_MS) * samplesPerMs));
+          return { kind: 'audio', data: plc, arrivedAt: frame.arrivedAt, durationMs: frame.durationMs, concealed: true } satisfies AudioFrame;
         }),
         finalize(() => {
+          ended = true;
           decoder = undefined;
         }),
       );

@@ -1,5 +1,6 @@
 import opus from '@discordjs/opus';
 import { defer, finalize, mergeMap, type OperatorFunction } from 'rxjs';
+import { OPUS_BITRATE, pcmFrameBytes } from '../protocol/audio.ts';
 
 /** Marks the end of an utterance: the partial frame held back is padded with silence and sent. */
 export const FLUSH = Symbol('flush');
@@ -8,7 +9,6 @@ export const RESET = Symbol('reset');
 
 export type UplinkPcm = Buffer | typeof FLUSH | typeof RESET;
 
-const BITRATE = 24_000;
 const NO_PACKETS: readonly Buffer[] = [];
 
 /**
@@ -23,12 +23,12 @@ const NO_PACKETS: readonly Buffer[] = [];
  * ```
  */
 export function encodeOpus(sampleRate: number, frameMs: number): OperatorFunction<UplinkPcm, Buffer> {
-  const frameBytes = (sampleRate / 1000) * frameMs * 2;
+  const frameBytes = pcmFrameBytes(sampleRate, frameMs);
   return (source) =>
     defer(() => {
       // As with the decoder, the binding frees libopus state when the wrapper is collected.
       let encoder: opus.OpusEncoder | undefined = new opus.OpusEncoder(sampleRate, 1);
-      encoder.setBitrate(BITRATE);
+      encoder.setBitrate(OPUS_BITRATE);
       const frame = Buffer.alloc(frameBytes);
       let filled = 0;
       return source.pipe(

@@ -1,5 +1,6 @@
 import { asyncScheduler, Observable, type MonoTypeOperatorFunction, type SchedulerLike, type Subscription } from 'rxjs';
 import type { SessionBudget } from './budget.ts';
+import type { ServerMessage } from '../protocol/client.ts';
 import type { Outbound } from './to-client.ts';
 
 /** How much the pacer may hold back: the same bounds as the client's queue. */
@@ -7,6 +8,8 @@ export interface HoldLimit {
   maxMs: number;
   /** Shared with the session's other buffers; held audio and messages take their bytes from it. */
   budget: SessionBudget | undefined;
+  /** Takes the place of the first frame dropped for the hold in each reply, so the client learns where. */
+  notice?: ServerMessage;
 }
 
 const UNBOUNDED: HoldLimit = { maxMs: Infinity, budget: undefined };
@@ -22,7 +25,8 @@ const UNBOUNDED: HoldLimit = { maxMs: Infinity, budget: undefined };
  * tells `onDropped` how many; it then passes on, so that the stages after this one drop theirs. So does
  * an unsubscription (the session ended) for the frames still held then. An upstream that bursts faster
  * than real time cannot make it hold more than `hold` allows: past it the oldest held audio goes
- * (`overflow`), as the client's queue drops its oldest for a slow client.
+ * (`overflow`), as the client's queue drops its oldest for a slow client, and the first frame so dropped
+ * in a reply makes way for `hold.notice`.
  *
  * ```
  * prebuffer 120 ms, 60 ms frames, frames arriving at once:
@@ -51,6 +55,7 @@ export function pace(
       let anchor = -1;
       let timer: Subscription | undefined;
       let ended = false;
+      let noticed = false;
 
       /** An item comes to wait here, or leaves: audio and messages alike take their bytes from the budget. */
       const held = (item: Outbound, sign: 1 | -1): void => {
@@ -90,13 +95,21 @@ export function pace(
         while (heldFrames > 1 && overHold()) {
           const i = queue.findIndex((q) => q.kind === 'audio');
           held(queue[i]!, -1);
-          queue.splice(i, 1);
           dropped++;
+          if (noticed || hold.notice === undefined) {
+            queue.splice(i, 1);
+            continue;
+          }
+          noticed = true;
+          const notice: Outbound = { kind: 'message', message: hold.notice };
+          queue[i] = notice;
+          held(notice, 1);
         }
         if (dropped > 0) onDropped(dropped, 'overflow');
       };
 
       const startReply = () => {
+        noticed = false;
         buffering = prebufferMs > 0;
         holdingSince = -1;
       };

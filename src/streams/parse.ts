@@ -1,5 +1,6 @@
 import { defer, map, type OperatorFunction } from 'rxjs';
-import { decodeBinary, opusPacketDurationMs, parseServerJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
+import { opusPacketDurationMs } from '../protocol/audio.ts';
+import { decodeBinary, parseServerJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
 import type { RawUpstream, UpstreamEvent } from './events.ts';
 
 /** XIAOZHI.md: servers speak in 60 ms frames unless their packets say otherwise. */

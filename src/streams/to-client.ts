@@ -3,13 +3,18 @@ import type { ClientEnd, ClientFrame, Downlink, ServerMessage } from '../protoco
 import type { AudioFrame } from './events.ts';
 
 /**
- * What the session actor sends its client, in order: audio frames, protocol messages, `discard`
- * (abort: every stage that holds audio of the current reply drops it at once, then passes it on) and
- * `end` (close the socket after everything before it).
+ * What flows to the client, in order: audio frames, protocol messages, `discard` (every stage that
+ * holds audio drops it at once, then passes it on) and `end` (close the socket after everything before it).
  */
 export type Outbound = AudioFrame | { readonly kind: 'message'; readonly message: ServerMessage } | typeof DISCARD | ClientEnd;
 
 export const DISCARD = { kind: 'discard' } as const;
+
+/** How the session steers the audio of replies, in band (see `gate`): consumed before the pacer. */
+export const ABORT = { kind: 'abort' } as const;
+export const REPLY_START = { kind: 'reply-start' } as const;
+export const REPLY_END = { kind: 'reply-end' } as const;
+export type Steering = Outbound | typeof ABORT | typeof REPLY_START | typeof REPLY_END;
 
 /**
  * Renders outbound items as socket frames for the negotiated transport. `binary` audio passes as it is

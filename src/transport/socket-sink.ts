@@ -76,7 +76,7 @@ export class SocketSink {
   private readonly now: () => number;
   private readonly schedule: (flush: () => void) => void;
   private readonly pushed: FrameCounter;
-  private readonly dropped: Record<DropReason, { inc(n?: number): void }>;
+  private readonly drops: Record<DropReason, { inc(n?: number): void }>;
   private readonly failed: Record<FailReason, { inc(n?: number): void }>;
   private readonly overflows: { inc(): void };
 
@@ -90,7 +90,7 @@ export class SocketSink {
     this.pushed = metrics.framesPushed.cell(options.codec, options.transport);
     metrics.queues.add(this);
     const d = metrics.framesDropped;
-    this.dropped = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
+    this.drops = { aborted: d.labels('aborted'), too_slow: d.labels('too_slow'), client_gone: d.labels('client_gone') };
     const f = metrics.sendFailures;
     this.failed = { closed: f.labels('closed'), backpressure_limit: f.labels('backpressure_limit') };
     this.overflows = metrics.bufferOverflows.labels('client_queue');
@@ -108,7 +108,7 @@ export class SocketSink {
     }
     if (this.closed) {
       if (frame.kind === 'audio') {
-        this.dropped.client_gone.inc();
+        this.drops.client_gone.inc();
         this.tally.dropped++;
       }
       return;
@@ -146,6 +146,12 @@ export class SocketSink {
     else if (!this.closed) this.metrics.sessionQueueDepth.observe(this.depth);
   };
 
+  /** Frames of this session dropped before they reached the sink (by the gate or the pacer): counted here, with the rest. */
+  dropped(frames: number, reason: DropReason): void {
+    this.drops[reason].inc(frames);
+    this.tally.dropped += frames;
+  }
+
   /** Discards every queued audio frame at once (abort); text stays, in order. Returns how many went. */
   dropAudio(reason: DropReason): number {
     const n = this.queuedAudio;
@@ -156,7 +162,7 @@ export class SocketSink {
       if (frame.kind !== 'audio') kept.push(frame);
       else this.count(frame, -1);
     }
-    this.dropped[reason].inc(n);
+    this.drops[reason].inc(n);
     this.tally.dropped += n;
     this.queue = kept;
     this.head = 0;
@@ -174,7 +180,7 @@ export class SocketSink {
     this.closed = true;
     this.metrics.queues.delete(this);
     const audio = this.queuedAudio;
-    if (audio > 0) this.dropped[reason].inc(audio);
+    if (audio > 0) this.drops[reason].inc(audio);
     this.tally.dropped += audio;
     for (let i = this.head; i < this.queue.length; i++) this.count(this.queue[i]!, -1);
     this.queue = [];
@@ -242,7 +248,7 @@ export class SocketSink {
       const frame = this.queue[i]!;
       if (frame.kind !== 'audio') continue;
       this.count(frame, -1);
-      this.dropped.too_slow.inc();
+      this.drops.too_slow.inc();
       this.tally.dropped++;
       if (this.noticeDue(i)) {
         const notice = { kind: 'notice', data: this.options.tooSlowNotice } as const;

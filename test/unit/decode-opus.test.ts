@@ -99,7 +99,7 @@ describe('decodeOpus', () => {
   it('gives interleaved subscriptions their own decoder state', async () => {
     const input = packets.slice(0, 12).map((p) => opusFrame(p));
     const reference = audioOf(await decode(input, 24000));
-    const operator = decodeOpus(24000);
+    const operator = decodeOpus<UpstreamEvent>(24000);
     const a: Buffer[] = [];
     const b: Buffer[] = [];
     // Feed the two subscriptions one packet at a time, alternately.

@@ -2,7 +2,7 @@ import opus from '@discordjs/opus';
 import { from, lastValueFrom, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { encodeOpus, FLUSH, RESET, type UplinkPcm } from '../../src/streams/encode-opus.ts';
-import { opusPacketDurationMs } from '../../src/protocol/xiaozhi.ts';
+import { opusPacketDurationMs } from '../../src/protocol/audio.ts';
 
 /** A 440 Hz tone at 16 kHz: `ms` milliseconds of it as 16-bit little-endian PCM. */
 function tone(ms: number, rate = 16000): Buffer {

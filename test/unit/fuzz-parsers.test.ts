@@ -5,12 +5,12 @@ import { DOWNLINK_RATES, MAX_PING_ID_CHARS, UPLINK_FRAME_MS, parseClientMessage,
 import {
   decodeBinary,
   encodeBinary,
-  opusPacketDurationMs,
   parseServerJson,
   type JsonParse,
   type ProtocolVersion,
   type ServerMessage,
 } from '../../src/protocol/xiaozhi.ts';
+import { opusPacketDurationMs } from '../../src/protocol/audio.ts';
 import { parse } from '../../src/streams/parse.ts';
 import type { RawUpstream, UpstreamEvent } from '../../src/streams/events.ts';
 import { loadSpeech } from '../../src/sim/speech.ts';

@@ -7,12 +7,12 @@ import {
   deviceHello,
   encodeBinary,
   isAcceptableHello,
-  opusPacketDurationMs,
   parseServerJson,
   type JsonParse,
   type ProtocolVersion,
   type ServerMessage,
 } from '../../src/protocol/xiaozhi.ts';
+import { opusPacketDurationMs } from '../../src/protocol/audio.ts';
 import { loadSpeech } from '../../src/sim/speech.ts';
 
 function message(text: string): ServerMessage {

@@ -2,7 +2,7 @@
 // message naming it (exit 2) rather than a confusing run.
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { RATES } from '../utterance.ts';
+import { OPUS_RATES as RATES } from '../../protocol/audio.ts';
 import type { LoadOptions } from './run.ts';
 
 export const USAGE = `usage: npm run loadtest -- [options]
