@@ -86,8 +86,8 @@ export type ConversationEvent =
   | { kind: 'reconnect'; now: number }
   | { kind: 'too-slow' }
   | { kind: 'shutdown'; graceful: boolean }
-  /** What the upstream socket held unsent right after a send. */
-  | { kind: 'sent-up'; unsent: number }
+  /** What the upstream socket of connection `connection` held unsent right after a send. */
+  | { kind: 'sent-up'; connection: number; unsent: number }
   | { kind: 'upstream-failed'; connection: number; fault: UpstreamErrorKind; detail: string }
   | { kind: 'upstream'; message: XiaozhiMessage; now: number }
   | { kind: 'upstream-invalid'; detail: string }
@@ -227,8 +227,8 @@ class Turn {
         if (!this.inReply()) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
         return;
       case 'sent-up':
-        // Counted once per connection, like the fault it reports.
-        if (e.unsent > this.settings.bufferBytes / 2 && !s.upstreamFailing) {
+        // Counted once per connection, like the fault it reports: a report about one already given up is stale.
+        if (e.connection === s.connection && e.unsent > this.settings.bufferBytes / 2 && !s.upstreamFailing) {
           this.count('buffer_overflow', 'upstream');
           this.failUpstream('not_reading', `${e.unsent} bytes unsent: the upstream is not reading`);
         }
@@ -392,7 +392,6 @@ class Turn {
     this.emit({ type: 'hello', version: PROTOCOL_VERSION, sessionId: this.settings.sessionId, ...negotiated });
     this.emit({ type: 'state', state: 'ready' });
     this.log('info', 'session open', { negotiated });
-    if (s.draining) this.close(CloseCode.goingAway, 'gateway shutting down', 'shutdown');
   }
 
   private onUpstreamFailed(fault: UpstreamErrorKind, detail: string): void {

@@ -35,8 +35,8 @@ export type SessionMessage =
   | { kind: 'shutdown'; graceful: boolean }
   /** `connection`: which upstream connection failed; a report about one already replaced is stale. */
   | { kind: 'upstream-failed'; error: unknown; connection: number }
-  /** What the upstream socket holds unsent, right after a control message went up. */
-  | { kind: 'sent-up'; unsent: number }
+  /** What the upstream socket of connection `connection` holds unsent, right after a control message went up. */
+  | { kind: 'sent-up'; connection: number; unsent: number }
   /** An operator of the session's own pipelines threw: they are dead, and so is the session. */
   | { kind: 'pipeline-failed'; error: unknown }
   | UpstreamControl
@@ -181,7 +181,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
         return this.delivery?.steer(STEERING[c.item]);
       case 'send-up':
         this.upstream!.send(c.message);
-        return this.post({ kind: 'sent-up', unsent: this.upstream!.bufferedAmount });
+        return this.post({ kind: 'sent-up', connection: this.conversation.connection, unsent: this.upstream!.bufferedAmount });
       case 'uplink':
         return this.sendUplink(c.audio);
       case 'open':
