@@ -1,52 +1,74 @@
 import { pathToFileURL } from 'node:url';
-import { Gateway } from './actors/gateway.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { createMetrics, recordInfo, type Metrics } from './observability/metrics.ts';
 import { startSimulator, type Simulator } from './sim/simulator.ts';
-import { startClientServer } from './transport/client-server.ts';
+import { serve } from './workers/serve.ts';
+import { startWorkers, type Workers } from './workers/supervisor.ts';
 
 export interface RunningGateway {
   readonly port: number;
-  readonly gateway: Gateway;
-  readonly metrics: Metrics;
   /** The embedded simulator, when no upstream URL is configured. */
   readonly simulator: Simulator | undefined;
-  /** Ends every session now (1001), stops listening and stops the embedded simulator. */
+  /** The worker threads, with WORKERS >= 2. */
+  readonly workers: Workers | undefined;
+  /** The whole gateway's metrics, every thread's merged: what GET /metrics answers. */
+  scrape(): Promise<string>;
+  /** Ends every session now (1001), closes every socket and stops the embedded simulator. */
   stop(): Promise<void>;
   /** PROTOCOL.md draining: not ready, new sessions refused (1013), replies finish up to the deadline, then 1001. */
   drain(): Promise<void>;
 }
 
-/** Wires config, metrics, the gateway actor and the client server; the embedded simulator when no upstream is set. */
-export async function startGateway(config: Config, logger: Logger, metrics: Metrics = createMetrics()): Promise<RunningGateway> {
+/**
+ * Wires config, metrics, the client path and the embedded simulator when no upstream is set. WORKERS=1
+ * serves clients in this thread; otherwise worker threads do, one uWS App each on the same port, and
+ * this thread supervises them and runs the simulator.
+ */
+export async function startGateway(config: Config, logger: Logger): Promise<RunningGateway> {
   const simulator = config.upstream.url === undefined ? await startSimulator({ reply: config.sim.reply, logger: logger.child({ component: 'simulator' }) }) : undefined;
   const upstreamUrl = config.upstream.url ?? simulator!.url;
   if (config.upstream.deviceId !== undefined) {
     logger.warn('UPSTREAM_DEVICE_ID is set: every session shares one Device-Id, so the upstream mixes their conversation memory');
   }
+  const metrics = createMetrics();
   recordInfo(metrics, { maxSessions: config.limits.maxSessions, ...config.sink });
-  const gateway = new Gateway({ config, upstreamUrl, metrics, logger });
-  const server = await startClientServer(gateway, config, metrics, logger).catch(async (error: unknown) => {
-    await simulator?.close();
-    throw error;
-  });
-  logger.info({ host: config.host, port: server.port, upstream: simulator ? 'embedded simulator' : upstreamUrl }, 'voicegw listening');
+  const clients = await (config.workers === 1 ? inThread(config, upstreamUrl, metrics, logger) : startWorkers(config, upstreamUrl, metrics, logger)).catch(
+    async (error: unknown) => {
+      await simulator?.close();
+      throw error;
+    },
+  );
+  logger.info(
+    { host: config.host, port: clients.port, workers: config.workers, upstream: simulator ? 'embedded simulator' : upstreamUrl },
+    'voicegw listening',
+  );
   return {
-    port: server.port,
-    gateway,
-    metrics,
+    port: clients.port,
     simulator,
+    workers: clients.workers,
+    scrape: clients.scrape,
     stop: async () => {
-      gateway.post({ kind: 'stop' });
-      server.close();
+      await clients.stop();
       await simulator?.close();
     },
     drain: async () => {
-      await gateway.drain(config.limits.drainDeadlineMs);
-      server.close();
+      await clients.drain();
       await simulator?.close();
     },
+  };
+}
+
+/** WORKERS=1: the client path in this thread, the cheapest way. */
+async function inThread(config: Config, upstreamUrl: string, metrics: Metrics, logger: Logger) {
+  const scrape = () => metrics.registry.metrics();
+  const serving = await serve({ config, upstreamUrl, metrics, logger, scrape });
+  return {
+    port: serving.port,
+    workers: undefined,
+    scrape,
+    stop: async () => serving.stop(),
+    drain: () => serving.drain(config.limits.drainDeadlineMs),
   };
 }
 

@@ -1,8 +1,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import uWS from 'uWebSockets.js';
 import type { Config } from '../config.ts';
+import { Registry } from 'prom-client';
 import type { Logger } from '../observability/log.ts';
-import type { Metrics } from '../observability/metrics.ts';
 import type { ClientSocket } from './socket-sink.ts';
 
 /** One client's connection, as the server reports it: what it sent, when it drained, how it closed. */
@@ -34,7 +34,15 @@ export interface ClientServer {
   readonly port: number;
   /** Stops listening; open sessions are the gateway's to end. */
   close(): void;
+  /**
+   * Stops listening, ends every WebSocket still open with `code` (their sessions hear nothing more) and
+   * closes every other socket (HTTP keep-alive): a thread must, before it ends, or uWS aborts Node.
+   */
+  closeAll(code: number, reason: string): void;
 }
+
+/** The whole gateway's metrics as Prometheus text: what /metrics answers. */
+export type Scrape = () => Promise<string>;
 
 /**
  * uWS's own payload limit, as a multiple of MAX_FRAME_BYTES. Past it uWS closes the TCP connection at
@@ -67,10 +75,11 @@ export function assertNativeUws(): void {
 }
 
 /** The client-facing server: /v1/voice, /metrics, /healthz, /readyz. I/O only; decisions are the actors'. */
-export function startClientServer(handler: ConnectionHandler, config: Config, metrics: Metrics, logger: Logger): Promise<ClientServer> {
+export function startClientServer(handler: ConnectionHandler, config: Config, scrape: Scrape, logger: Logger): Promise<ClientServer> {
   assertNativeUws();
   const authorized = tokenCheck(config.clientTokens);
   const app = uWS.App();
+  const open = new Set<uWS.WebSocket<SocketData>>();
 
   app.ws<SocketData>('/v1/voice', {
     compression: uWS.DISABLED,
@@ -98,6 +107,7 @@ export function startClientServer(handler: ConnectionHandler, config: Config, me
       );
     },
     open: (ws) => {
+      open.add(ws);
       handler.open(ws, (connection) => {
         ws.getUserData().connection = connection;
       });
@@ -117,6 +127,7 @@ export function startClientServer(handler: ConnectionHandler, config: Config, me
       ws.getUserData().connection?.drain();
     },
     close: (ws, code, message) => {
+      open.delete(ws);
       const data = ws.getUserData();
       const tooLarge = code === 1006 && Buffer.from(message).toString('latin1') === UWS_TOO_BIG;
       data.connection?.closed(code, tooLarge);
@@ -141,9 +152,9 @@ export function startClientServer(handler: ConnectionHandler, config: Config, me
     res.onAborted(() => {
       aborted = true;
     });
-    metrics.registry.metrics().then(
+    scrape().then(
       (text) => {
-        if (!aborted) res.cork(() => res.writeHeader('Content-Type', metrics.registry.contentType).end(text));
+        if (!aborted) res.cork(() => res.writeHeader('Content-Type', Registry.PROMETHEUS_CONTENT_TYPE).end(text));
       },
       (error: unknown) => {
         logger.error({ err: error }, 'metrics collection failed');
@@ -158,20 +169,38 @@ export function startClientServer(handler: ConnectionHandler, config: Config, me
   return new Promise((resolve, reject) => {
     app.listen(config.host, config.port, (token) => {
       if (!token) {
+        closeApp(app);
         reject(new Error(`cannot listen on ${config.host}:${config.port}`));
         return;
       }
       let listening = true;
+      let closed = false;
+      // Closing a listen socket twice crashes the process (uWS frees it the first time).
+      const close = () => {
+        if (listening) uWS.us_listen_socket_close(token);
+        listening = false;
+      };
       resolve({
         port: uWS.us_socket_local_port(token),
-        // Closing a listen socket twice crashes the process (uWS frees it the first time).
-        close: () => {
-          if (listening) uWS.us_listen_socket_close(token);
-          listening = false;
+        close,
+        closeAll: (code, reason) => {
+          close();
+          if (closed) return;
+          closed = true;
+          for (const ws of [...open]) {
+            ws.getUserData().connection = undefined;
+            ws.end(code, reason);
+          }
+          closeApp(app);
         },
       });
     });
   });
+}
+
+/** Closes every socket of the app, listening or not. uWS v20.30 has App.close but does not declare it. */
+function closeApp(app: uWS.TemplatedApp): void {
+  (app as uWS.TemplatedApp & { close(): void }).close();
 }
 
 /** RFC 6455 4.4: name the version the server speaks. */

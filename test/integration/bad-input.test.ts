@@ -61,7 +61,7 @@ describe('bad client input', () => {
     expect(client.received.json.slice(after, after + 1)).toEqual([error]);
     expect(reply.map(shapeOf)).toEqual(expectedReplyShape(speech.sentences));
     expect(client.received.binary).toHaveLength(sim.replyFrames());
-    const metrics = await gw.metrics.registry.metrics();
+    const metrics = await gw.scrape();
     expect(metrics).toContain(`voicegw_bad_messages_total{reason="${reason}"} 1`);
   });
 
@@ -104,7 +104,7 @@ describe('bad client input', () => {
 
     expect(client.received.close).toEqual({ code: 1009, reason: `frame of ${bytes} bytes is over the 65536-byte limit` });
     const metrics = await poll(
-      () => gw.metrics.registry.metrics(),
+      () => gw.scrape(),
       (t) => metricValue(t, 'voicegw_sessions_total', 'outcome="too_large"') === 1,
     );
     expect(metricValue(metrics, 'voicegw_bad_messages_total', 'reason="too_large"')).toBe(1);
@@ -122,7 +122,7 @@ describe('bad client input', () => {
 
     expect(client.received.close).toBeUndefined();
     const metrics = await poll(
-      () => gw.metrics.registry.metrics(),
+      () => gw.scrape(),
       (t) => metricValue(t, 'voicegw_sessions_total', 'outcome="too_large"') === 1,
     );
     expect(metricValue(metrics, 'voicegw_bad_messages_total', 'reason="too_large"')).toBe(1);
@@ -142,7 +142,7 @@ describe('bad client input', () => {
 
     expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${status === 426 ? 'Upgrade Required' : 'Bad Request'}`);
     if (status === 426) expect(answer).toContain('Sec-WebSocket-Version: 13');
-    expect(gw.gateway.size).toBe(0);
+    expect(metricValue(await gw.scrape(), 'voicegw_sessions_active')).toBe(0);
   });
 
   it('answers a plain GET of the voice endpoint with 426 and the WebSocket version it speaks', async () => {
@@ -233,7 +233,7 @@ describe('client authentication', () => {
     expect(await upgradeStatus(gw.url)).toBe(401);
     expect(await upgradeStatus(gw.url, { headers: { Authorization: 'Bearer wrong' } })).toBe(401);
     expect(await upgradeStatus(`${gw.url}?token=wrong`)).toBe(401);
-    expect(gw.gateway.size).toBe(0);
+    expect(metricValue(await gw.scrape(), 'voicegw_sessions_active')).toBe(0);
   });
 
   it('accepts a Bearer token in the Authorization header', async () => {
@@ -253,7 +253,8 @@ describe('client authentication', () => {
 
 describe('capacity', () => {
   it('refuses a session beyond MAX_SESSIONS with overloaded and 1013, and is not ready until the first one closes', async () => {
-    const gw = await res.gateway({ MAX_SESSIONS: '1' });
+    // One thread: with WORKERS=2 each worker admits its share, ceil(1 / 2) = 1, so two sessions fit.
+    const gw = await res.gateway({ MAX_SESSIONS: '1', WORKERS: '1' });
     expect((await httpGet(gw.port, '/readyz')).status).toBe(200);
     const first = await res.client(gw.url);
     await first.hello();

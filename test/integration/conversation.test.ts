@@ -114,8 +114,8 @@ function echoReference(uplink: readonly Buffer[]): Buffer[] {
   return encodeFrames({ sampleRate: 24000, samples: samplesOf(pcm) });
 }
 
-async function metrics(gw: { metrics: { registry: { metrics(): Promise<string> } } }): Promise<string> {
-  return gw.metrics.registry.metrics();
+async function metrics(gw: { scrape(): Promise<string> }): Promise<string> {
+  return gw.scrape();
 }
 
 describe('a spoken conversation', () => {

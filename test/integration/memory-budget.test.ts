@@ -79,14 +79,14 @@ describe("a session's memory budget", () => {
     for (let batch = 0; batch < 100 && !deaf.destroyed; batch++) {
       for (let i = 0; i < 1000; i++) deaf.send(ping);
       const t = await poll(
-        () => gw.metrics.registry.metrics(),
+        () => gw.scrape(),
         (m) => metricValue(m, 'voicegw_client_messages_total', 'type="ping"') === (batch + 1) * 1000 || metricValue(m, 'voicegw_sessions_active') === 0,
       );
       if (metricValue(t, 'voicegw_sessions_active') === 0) break;
       expect(metricValue(t, 'voicegw_session_buffer_bytes')).toBeLessThanOrEqual(16 * 1024);
     }
     const text = await poll(
-      () => gw.metrics.registry.metrics(),
+      () => gw.scrape(),
       (t) => metricValue(t, 'voicegw_sessions_active') === 0,
     );
 

@@ -36,7 +36,7 @@ afterEach(async () => {
   await res.dispose();
 });
 
-const scrape = (gw: TestGateway) => gw.metrics.registry.metrics();
+const scrape = (gw: TestGateway) => gw.scrape();
 
 /** Rejects naming `what` unless `promise` settles within `ms`: a broken fix fails here, not at the test timeout. */
 function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
@@ -170,6 +170,7 @@ describe('the review fixes', () => {
     expect(metricValue(text, 'voicegw_frames_dropped_total', 'reason="client_gone"')).toBeGreaterThan(0);
   });
 
+  // Eleven gateways: with WORKERS=2 each starts two worker threads, a second or more apiece.
   it('stops a gateway that has drained without crashing the process, and stops one twice, while a fresh gateway answers /healthz', async () => {
     // A few times over: a listen socket closed twice is a use after free, which need not crash the first time.
     for (let round = 0; round < 5; round++) {
@@ -197,7 +198,7 @@ describe('the review fixes', () => {
     // This process is the gateways' own: the test finishing at all is the proof that it still lives.
     const other = await res.client(fresh.url);
     await other.hello();
-  });
+  }, 60_000);
 
   it('turns an upstream packet whose Opus header claims more than 120 ms into one concealment frame as long as the frame before it, counted as a decode error', async () => {
     const AT = 10;

@@ -3,11 +3,9 @@
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { WebSocket } from 'ws';
-import { loadConfig } from '../../src/config.ts';
-import { startGateway } from '../../src/main.ts';
 import { loadSpeech } from '../../src/sim/speech.ts';
 import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
-import { isState, metricValue, poll, Resources, sync, type TestClient, type TestGateway } from '../support/gateway.ts';
+import { gatewayForTest, isState, metricValue, poll, Resources, sync, type TestClient, type TestGateway } from '../support/gateway.ts';
 
 const speech = loadSpeech();
 
@@ -20,10 +18,9 @@ type LogLine = Record<string, any>;
 async function loggedGateway(env: Record<string, string> = {}): Promise<{ gw: TestGateway; lines: LogLine[] }> {
   const lines: LogLine[] = [];
   const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
-  const config = loadConfig({ HOST: '127.0.0.1', PORT: '0', ...env });
-  const running = await startGateway(config, logger);
-  res.add(() => running.stop());
-  return { gw: Object.assign(running, { url: `ws://127.0.0.1:${running.port}/v1/voice`, config }), lines };
+  const gw = await gatewayForTest(env, logger);
+  res.add(() => gw.stop());
+  return { gw, lines };
 }
 
 const sessionEnds = (lines: LogLine[]) => lines.filter((l) => l.msg === 'session ended');
@@ -76,7 +73,7 @@ describe('the session ended log line', () => {
     await client.closed;
     const [line, ...more] = await ends(lines);
     const elapsedMs = performance.now() - startedAt;
-    const metrics = await gw.metrics.registry.metrics();
+    const metrics = await gw.scrape();
 
     expect(more).toEqual([]);
     expect(client.received.binary).toHaveLength(sim.replyFrames());
@@ -109,13 +106,13 @@ describe('the session ended log line', () => {
     client.send({ type: 'abort' });
     await client.next(isState('ready'), at);
     await poll(
-      () => gw.metrics.registry.metrics(),
+      () => gw.scrape(),
       (t) => metricValue(t, 'voicegw_upstream_frames_total') === held,
     );
     client.close();
     await client.closed;
     const [line, ...more] = await ends(lines);
-    const metrics = await gw.metrics.registry.metrics();
+    const metrics = await gw.scrape();
 
     expect(more).toEqual([]);
     const received = client.received.binary.length;
@@ -132,13 +129,13 @@ describe('the session ended log line', () => {
     await client.hello({ pacing: { mode: 'realtime', prebufferMs: 0 } });
     await heldReplyUnderWay(client, 1);
     await poll(
-      () => gw.metrics.registry.metrics(),
+      () => gw.scrape(),
       (t) => metricValue(t, 'voicegw_upstream_frames_total') === held,
     );
     client.close();
     await client.closed;
     const [line, ...more] = await ends(lines);
-    const metrics = await gw.metrics.registry.metrics();
+    const metrics = await gw.scrape();
 
     expect(more).toEqual([]);
     expect(line).toMatchObject({ outcome: 'normal', code: 1000, replies: 1, frames: { pushed: client.received.binary.length } });

@@ -205,9 +205,9 @@ describe('session', () => {
     const { sim, gw } = await gatewayWithSimulator({ corruptFrames: [3] });
     const client = await res.client(gw.url);
     await client.hello();
-    const before = metricValue(await gw.metrics.registry.metrics(), 'voicegw_decode_errors_total');
+    const before = metricValue(await gw.scrape(), 'voicegw_decode_errors_total');
     const reply = await client.textReply('Hi');
-    const after = await gw.metrics.registry.metrics();
+    const after = await gw.scrape();
 
     expect(reply.map(shapeOf)).toEqual(expectedReplyShape(speech.sentences));
     const frames = client.received.binary;
@@ -276,6 +276,6 @@ describe('session', () => {
     expect(reply.map(shapeOf)).toEqual(['state processing', 'user_text', 'state speaking', 'assistant_text', ...Array<string>(5).fill('audio'), 'state ready']);
     expect(client.received.json.some((m) => m.type === 'assistant_text' && m.text === 'leaked sentence')).toBe(false);
     expect(client.received.binary).toHaveLength(10);
-    expect(metricValue(await gw.metrics.registry.metrics(), 'voicegw_frames_dropped_total', 'reason="aborted"')).toBe(3);
+    expect(metricValue(await gw.scrape(), 'voicegw_frames_dropped_total', 'reason="aborted"')).toBe(3);
   });
 });

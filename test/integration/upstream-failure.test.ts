@@ -35,7 +35,7 @@ async function helloUntilClosed(client: TestClient) {
 }
 
 async function sessionOutcomes(gw: TestGateway, outcome: string): Promise<number> {
-  return metricValue(await gw.metrics.registry.metrics(), 'voicegw_sessions_total', `outcome="${outcome}"`);
+  return metricValue(await gw.scrape(), 'voicegw_sessions_total', `outcome="${outcome}"`);
 }
 
 describe('upstream failures', () => {
@@ -161,7 +161,7 @@ describe('upstream failures', () => {
       { type: 'state', state: 'reconnecting' },
       { type: 'error', code: 'upstream_unavailable', message: expect.any(String) },
     ]);
-    expect(metricSum(await gw.metrics.registry.metrics(), 'voicegw_upstream_errors_total')).toBe(3);
+    expect(metricSum(await gw.scrape(), 'voicegw_upstream_errors_total')).toBe(3);
   });
 
   it('survives upstream garbage and still delivers a later valid reply from the same upstream', async () => {
@@ -199,7 +199,7 @@ describe('upstream failures', () => {
     expect(client.received.json.filter((m) => m.type === 'error')).toEqual([]);
     expect(client.received.binary).toHaveLength(sentence.packets.length);
     expect(client.errors).toEqual([]);
-    const metrics = await gw.metrics.registry.metrics();
+    const metrics = await gw.scrape();
     // Not JSON, not an object, no type, and an stt without a string text; the unknown tts state is counted as unknown.
     expect(metricValue(metrics, 'voicegw_bad_messages_total', 'reason="upstream_invalid"')).toBe(4);
     expect(metricValue(metrics, 'voicegw_upstream_unknown_messages_total', 'type="iot"')).toBe(1);

@@ -67,7 +67,7 @@ const digests = (frames: readonly Buffer[]): string[] => frames.map((f) => creat
 const allPackets = speech.sentences.flatMap((s) => s.packets);
 
 async function metrics(gw: TestGateway): Promise<string> {
-  return gw.metrics.registry.metrics();
+  return gw.scrape();
 }
 
 const upstreamErrors = async (gw: TestGateway, kind: string) => metricValue(await metrics(gw), 'voicegw_upstream_errors_total', `kind="${kind}"`);
@@ -245,7 +245,7 @@ describe('upstream faults driven by the simulator', () => {
     for (let batch = 0; batch < 200 && !client.received.json.some(isError('upstream_lost')); batch++) {
       for (let i = 0; i < 10; i++) client.send(mcp);
       await sync(client, `batch ${batch}`);
-      peak = Math.max(peak, metricValue(await gw.metrics.registry.metrics(), 'voicegw_session_buffer_bytes'));
+      peak = Math.max(peak, metricValue(await gw.scrape(), 'voicegw_session_buffer_bytes'));
     }
     await client.next(isState('ready'), 2);
     client.send(mcp);
@@ -260,7 +260,7 @@ describe('upstream faults driven by the simulator', () => {
     ]);
     expect(received.at(-1)).toBe(2);
     expect(peak).toBeLessThanOrEqual(budget);
-    const text = await gw.metrics.registry.metrics();
+    const text = await gw.scrape();
     expect(metricValue(text, 'voicegw_upstream_errors_total', 'kind="not_reading"')).toBe(1);
     expect(metricValue(text, 'voicegw_buffer_overflows_total', 'buffer="upstream"')).toBe(1);
     expect(metricValue(text, 'voicegw_session_buffer_bytes')).toBeLessThanOrEqual(budget);

@@ -99,7 +99,7 @@ const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
 /** 48 kHz JSON frames (about 7.7 kB each) fill a paused client's socket buffers within a few replies. */
 const HEAVY_HELLO = { type: 'hello', downlink: { sampleRate: 48000, transport: 'json' } };
 
-const scrape = (gw: TestGateway) => gw.metrics.registry.metrics();
+const scrape = (gw: TestGateway) => gw.scrape();
 
 /** A step of the load, failing with its name rather than as a hook timeout. */
 async function within<T>(what: string, promise: Promise<T>, ms = 15_000): Promise<T> {

@@ -2,7 +2,7 @@
 // (signals, exit codes, its resident memory).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { closedPort } from './gateway.ts';
+import { closedPort, testEnv } from './gateway.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** How long the child may take to start, and to exit once it should. */
@@ -35,7 +35,7 @@ export class Children {
     const port = await closedPort();
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
       cwd: ROOT,
-      env: { ...process.env, HOST: '127.0.0.1', PORT: String(port), UPSTREAM_URL: upstreamUrl, LOG_LEVEL: 'info', ...env },
+      env: { ...process.env, ...testEnv({ PORT: String(port), UPSTREAM_URL: upstreamUrl, LOG_LEVEL: 'info', ...env }) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.running.push(child);

@@ -1,0 +1,54 @@
+import { Gateway } from '../actors/gateway.ts';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observability/log.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import { CloseCode } from '../protocol/client.ts';
+import { startClientServer, type Scrape } from '../transport/client-server.ts';
+
+/** The client path of one thread: a gateway actor and the uWS server in front of it. */
+export interface Serving {
+  readonly port: number;
+  readonly gateway: Gateway;
+  /** Ends every session now (1001) and closes every socket. */
+  stop(): void;
+  /** PROTOCOL.md draining up to the deadline, then closes every socket. */
+  drain(deadlineMs: number): Promise<void>;
+  /** Closes every socket now with `code`, unheard by the sessions: for a thread that is going down. */
+  abandon(code: number, reason: string): void;
+}
+
+export interface ServeOptions {
+  config: Config;
+  upstreamUrl: string;
+  metrics: Metrics;
+  logger: Logger;
+  scrape: Scrape;
+  /** What /readyz answers, given whether this thread's gateway admits sessions now. */
+  ready?: (accepting: boolean) => boolean;
+}
+
+/** The main thread runs one with WORKERS=1; otherwise each worker thread runs its own. */
+export async function serve({ config, upstreamUrl, metrics, logger, scrape, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
+  const gateway = new Gateway({ config, upstreamUrl, metrics, logger });
+  const handler = {
+    open: gateway.open.bind(gateway),
+    get accepting() {
+      return ready(gateway.accepting);
+    },
+  };
+  const server = await startClientServer(handler, config, scrape, logger);
+  const shut = () => server.closeAll(CloseCode.goingAway, 'gateway shutting down');
+  return {
+    port: server.port,
+    gateway,
+    stop: () => {
+      gateway.post({ kind: 'stop' });
+      shut();
+    },
+    drain: async (deadlineMs) => {
+      await gateway.drain(deadlineMs);
+      shut();
+    },
+    abandon: (code, reason) => server.closeAll(code, reason),
+  };
+}
