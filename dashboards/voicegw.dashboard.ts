@@ -201,12 +201,16 @@ const rows: [string, AnyPanel[]][] = [
     'Latency',
     [
       timeseries({
-        title: 'Frame latency through the gateway (p50, p99)',
+        title: 'Frame latency through the gateway (p50, p99; and without pacing, p50)',
         description:
           'From an Opus packet arriving from the upstream to its frame handed to the client socket (decode, queue, ' +
           'pacing). Normal: p99 of a few milliseconds for sessions without pacing; realtime pacing adds its deliberate ' +
-          'hold. A rise with flat traffic points at event-loop lag or queued frames.',
-        queries: percentiles('voicegw_frame_latency_seconds', [0.5, 0.99]),
+          'hold. A rise with flat traffic points at event-loop lag or queued frames. "unpaced p50" leaves out realtime-' +
+          'paced sessions: it is the lateness that admission by load judges against ADMISSION_MAX_LATENESS_MS.',
+        queries: [
+          ...percentiles('voicegw_frame_latency_seconds', [0.5, 0.99]),
+          { expr: quantile(0.5, 'voicegw_frame_lateness_seconds'), legend: 'unpaced p50' },
+        ],
         unit: 's',
       }),
       timeseries({
@@ -323,6 +327,17 @@ const rows: [string, AnyPanel[]][] = [
           "Microphone packets that could not go upstream: no open upstream (connecting or reconnecting), or one not " +
           'reading fast enough. Normal: 0, with short blips during reconnects.',
         queries: [{ expr: `sum(${rate('voicegw_uplink_frames_dropped_total')})`, legend: 'dropped' }],
+      }),
+      timeseries({
+        title: 'Sessions refused per minute, by reason',
+        description:
+          'New sessions turned away with overloaded and close 1013, by reason: capacity (MAX_SESSIONS reached), load ' +
+          "(a worker's event loop lags or its frames leave late: admission by load), draining (shutting down). Normal: 0; " +
+          'draining during rollouts. A second line counts instances with a worker refusing on load now.',
+        queries: [
+          { expr: `60 * sum by (reason) (${rate('voicegw_sessions_refused_total')})`, legend: '{{reason}}' },
+          { expr: `sum(1 - min by (instance) (voicegw_admission_open${sel()}))`, legend: 'instances refusing on load' },
+        ],
       }),
     ],
   ],
@@ -456,6 +471,15 @@ const rows: [string, AnyPanel[]][] = [
           'How late the event loop runs, p99 per instance. Every frame leaves through it, so lag adds to every ' +
           "frame's delivery. Normal: a few milliseconds; the alert is at 100 ms.",
         queries: [{ expr: `max by (instance) (voicegw_nodejs_eventloop_lag_p99_seconds${sel()})`, legend: '{{instance}}' }],
+        unit: 's',
+      }),
+      timeseries({
+        title: 'Event-loop lag for admission (worst worker)',
+        description:
+          "The event loop's delay over each one-second admission window (p99), from the worst worker of each instance: " +
+          'over ADMISSION_MAX_LAG_MS (default 50 ms) that worker refuses new sessions until it has stayed under half of ' +
+          'it for three seconds. Normal: a few milliseconds, far under the bound.',
+        queries: [{ expr: `max by (instance) (voicegw_event_loop_lag_seconds${sel()})`, legend: '{{instance}}' }],
         unit: 's',
       }),
       timeseries({

@@ -273,6 +273,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
         budget,
         codec: hello.downlink.codec,
         transport: hello.downlink.transport,
+        paced: hello.pacing.mode === 'realtime',
         tooSlowNotice: JSON.stringify({ type: 'error', code: 'too_slow', message: 'audio was dropped here: the client is reading too slowly' }),
         onTooSlow: (what) => {
           if (what === 'dropping') this.log.info('client too slow: dropping its oldest audio');

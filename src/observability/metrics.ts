@@ -25,6 +25,8 @@ const DROP_REASONS = ['aborted', 'too_slow', 'client_gone'] as const;
 const FAIL_REASONS = ['closed', 'backpressure_limit'] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export type FailReason = (typeof FAIL_REASONS)[number];
+const REFUSE_REASONS = ['capacity', 'load', 'draining'] as const;
+export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
 /** A counter bumped once per audio frame: the hot path adds to a plain number, read at scrape time. */
 export interface FrameCounter {
@@ -91,6 +93,14 @@ export class FrameHistogram {
         return;
       }
     }
+  }
+
+  /**
+   * What has been observed so far, per bucket (not cumulative; `count` also holds what fell above the last
+   * bound): for readers that take the difference between two snapshots, as admission by load does.
+   */
+  snapshot(): { buckets: readonly number[]; counts: number[]; count: number } {
+    return { buckets: this.buckets, counts: Array.from(this.counts), count: this.count };
   }
 
   get(): Promise<Omit<MetricObjectWithValues<MetricValue<string>>, 'collect'>> {
@@ -206,6 +216,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       LATENCY_BUCKETS,
       registry,
     ),
+    frameLateness: new FrameHistogram(
+      'voicegw_frame_lateness_seconds',
+      "The same, for the frames of sessions without realtime pacing only: the gateway's own delay, which admission by load judges",
+      LATENCY_BUCKETS,
+      registry,
+    ),
     frameInterval: new FrameHistogram(
       'voicegw_frame_interval_seconds',
       'Gap between consecutive audio frames pushed within one reply',
@@ -301,10 +317,31 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       registers,
     }),
     sessionsMax: new Gauge({ name: 'voicegw_sessions_max', help: 'Sessions the gateway admits at most (MAX_SESSIONS)', registers }),
+    sessionsRefused: new Counter({
+      name: 'voicegw_sessions_refused_total',
+      help: 'Sessions refused at admission (overloaded, 1013), by reason: capacity, load, draining',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    // Workers' registries are merged (AggregatorRegistry): the worst worker's lag, and 0 if any worker refuses.
+    eventLoopLag: new Gauge({
+      name: 'voicegw_event_loop_lag_seconds',
+      help: 'How late a 10 ms timer ran on the event loop, p99 over the last one-second admission window: what ADMISSION_MAX_LAG_MS bounds',
+      aggregator: 'max',
+      registers,
+    }),
+    admissionOpen: new Gauge({
+      name: 'voicegw_admission_open',
+      help: '1 while the load lets the gateway admit sessions; 0 while it refuses them because its event loop lags or its frames leave late',
+      aggregator: 'min',
+      registers,
+    }),
   };
   // A frame's fates exist from the start at 0, so that ratios and alerts over them have a series to read.
   for (const reason of DROP_REASONS) metrics.framesDropped.labels(reason).inc(0);
   for (const reason of FAIL_REASONS) metrics.sendFailures.labels(reason).inc(0);
+  for (const reason of REFUSE_REASONS) metrics.sessionsRefused.labels(reason).inc(0);
+  metrics.admissionOpen.set(1);
   return metrics;
 }
 
@@ -315,6 +352,23 @@ export function recordInfo(metrics: Metrics, limits: { maxSessions: number; poli
     .labels(String(limits.maxSessions), limits.policy, String(limits.queueLimitMs), String(limits.sessionBufferBytes))
     .set(1);
   metrics.sessionsMax.set(limits.maxSessions);
+}
+
+/**
+ * With WORKERS >= 2, the sessions each worker thread holds, labelled by its index (a few threads, never a
+ * session): the merged view sums sessions_active, this keeps the threads apart to show how the kernel
+ * spreads connections. Registered in a worker's own registry only.
+ */
+export function workerSessions(metrics: Metrics, worker: number, sessions: () => number): void {
+  new Gauge({
+    name: 'voicegw_worker_sessions',
+    help: 'Client sessions open now in one worker thread',
+    labelNames: ['worker'] as const,
+    registers: [metrics.registry],
+    collect() {
+      this.labels(String(worker)).set(sessions());
+    },
+  });
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

@@ -29,6 +29,11 @@ export interface SinkOptions {
   codec: string;
   transport: string;
   /**
+   * Realtime pacing holds frames back on purpose: their latency says nothing of load, so they stay out
+   * of frame_lateness_seconds.
+   */
+  paced: boolean;
+  /**
    * A text frame that takes the place of the first audio frame dropped between two state frames (in one
    * reply, as the client reads it): the client learns that, and where, audio went missing.
    */
@@ -314,7 +319,9 @@ export class SocketSink {
     this.pushed.n++;
     this.tally.pushed++;
     const now = this.now();
-    this.metrics.frameLatency.observe((now - frame.arrivedAt) / 1000);
+    const latency = (now - frame.arrivedAt) / 1000;
+    this.metrics.frameLatency.observe(latency);
+    if (!this.options.paced) this.metrics.frameLateness.observe(latency);
     if (this.lastAudioAt >= 0) this.metrics.frameInterval.observe((now - this.lastAudioAt) / 1000);
     this.lastAudioAt = now;
     if (this.inputEndedAt >= 0) {

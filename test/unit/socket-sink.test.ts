@@ -98,6 +98,7 @@ function setup(options: Partial<SinkOptions> = {}, metrics: Metrics = createMetr
       budget: new SessionBudget(1024 * 1024),
       codec: 'pcm16',
       transport: 'binary',
+      paced: false,
       tooSlowNotice: 'too slow',
       onTooSlow: (what) => (what === 'dropping' ? tooSlow.calls++ : tooSlow.gaveUp++),
       now: () => 0,
@@ -310,6 +311,20 @@ describe('SocketSink under the high-water mark', () => {
     expect(await read(metrics.timeToFirstAudio)).toBe(1);
     expect(await sumOf(metrics.frameLatency)).toBeCloseTo(0.1 + 0.01);
     expect(await sumOf(metrics.frameInterval)).toBeCloseTo(0.06);
+  });
+
+  it("counts an unpaced session's frame latency as lateness too, and a realtime-paced one's not at all", async () => {
+    let clock = 1000;
+    const unpaced = setup({ now: () => clock });
+    const paced = setup({ now: () => clock, paced: true });
+    for (const { sink, endTurn } of [unpaced, paced]) {
+      sink.write(audio('a', 60, 900));
+      endTurn();
+    }
+    clock = 1300;
+    expect(await sumOf(unpaced.metrics.frameLateness)).toBeCloseTo(0.1);
+    expect(await read(paced.metrics.frameLatency)).toBe(1);
+    expect(await read(paced.metrics.frameLateness)).toBe(0);
   });
 
   it('measures frame intervals within a reply only, even when the reply boundary waited in the queue', async () => {
