@@ -1,8 +1,9 @@
 // "The obvious alternative" to the gateway, for bench/gateway.bench.ts to compare against: a relay
 // written straightforwardly with the plain `ws` package on both sides and @discordjs/opus (one decoder
 // per session). It speaks the same client protocol as far as the bench uses it (hello, text, listen,
-// abort, ping; pcm16 binary downlink) and forwards every message as it comes: one send per message,
-// no batching, no queues, no metrics. Env: PORT, HOST, UPSTREAM_URL.
+// abort, ping; binary downlink, pcm16 or opus) and forwards every message as it comes: one send per
+// message, no batching, no queues, no metrics. With the opus downlink it decodes nothing and hands each
+// upstream packet on as it is, as any plain relay would. Env: PORT, HOST, UPSTREAM_URL.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import opus from '@discordjs/opus';
@@ -22,7 +23,9 @@ wss.on('connection', (client) => {
   const sessionId = randomUUID();
   let upstream: WebSocket | undefined;
   let upstreamSessionId = '';
+  /** pcm16 downlink only: opus passes the upstream's packets through. */
   let decoder: opus.OpusEncoder | undefined;
+  let codec = 'pcm16';
   let sampleRate = 24000;
 
   const toClient = (m: Json) => {
@@ -34,8 +37,12 @@ wss.on('connection', (client) => {
 
   const onUpstream = (data: RawData, isBinary: boolean) => {
     if (isBinary) {
+      if (decoder === undefined) {
+        if (client.readyState === WebSocket.OPEN) client.send(data, { binary: true });
+        return;
+      }
       try {
-        const pcm = decoder!.decode(data as Buffer);
+        const pcm = decoder.decode(data as Buffer);
         if (client.readyState === WebSocket.OPEN) client.send(pcm);
       } catch {
         // an undecodable packet is skipped
@@ -46,7 +53,9 @@ wss.on('connection', (client) => {
     switch (m.type) {
       case 'hello':
         upstreamSessionId = String(m.session_id ?? '');
-        toClient({ type: 'hello', version: 1, sessionId, downlink: { codec: 'pcm16', sampleRate, transport: 'binary' } });
+        // Passed-through packets are at the upstream's rate, whatever the client asked for.
+        if (decoder === undefined) sampleRate = Number((m.audio_params as Json | undefined)?.sample_rate ?? sampleRate);
+        toClient({ type: 'hello', version: 1, sessionId, downlink: { codec, sampleRate, transport: 'binary' } });
         toClient({ type: 'state', state: 'ready' });
         break;
       case 'stt':
@@ -100,7 +109,8 @@ wss.on('connection', (client) => {
       case 'hello': {
         const downlink = (m.downlink ?? {}) as Json;
         if (typeof downlink.sampleRate === 'number') sampleRate = downlink.sampleRate;
-        decoder = new opus.OpusEncoder(sampleRate, 1);
+        if (downlink.codec === 'opus') codec = 'opus';
+        else decoder = new opus.OpusEncoder(sampleRate, 1);
         connect();
         break;
       }

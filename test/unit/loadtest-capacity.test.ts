@@ -3,9 +3,9 @@ import { findCapacity, meetsSlo } from '../../src/cli/loadtest/capacity.ts';
 import type { LoadReport } from '../../src/cli/loadtest/report.ts';
 
 /** A report that meets the SLO, with `changes` on top. */
-function report(changes: { lost?: number; failed?: number; intervalP99?: number | null; ttfaP99?: number | null; underruns120?: number; buffers?: string[] } = {}): LoadReport {
+function report(changes: { lost?: number; failed?: number; refused?: number; intervalP99?: number | null; ttfaP99?: number | null; underruns120?: number; buffers?: string[] } = {}): LoadReport {
   return {
-    sessions: { ok: 10, failed: changes.failed ?? 0, slow: 0, byClose: {}, byError: {}, failures: {} },
+    sessions: { ok: 10, failed: changes.failed ?? 0, refused: changes.refused ?? 0, slow: 0, byClose: {}, byError: {}, failures: {} },
     frames: { expected: 100, received: 100, lost: changes.lost ?? 0, duplicated: 0, accountedBy: ['simulator'] },
     intervalMs: { p50: 60, p99: changes.intervalP99 === undefined ? 70 : changes.intervalP99, max: 90, count: 99 },
     ttfaMs: { p50: 5, p95: 8, p99: changes.ttfaP99 === undefined ? 10 : changes.ttfaP99, max: 20, count: 10 },
@@ -22,6 +22,11 @@ describe('The capacity SLO', () => {
     const { ok, why } = meetsSlo(report({ lost: 3, failed: 1, intervalP99: 95, ttfaP99: 300, underruns120: 2 }));
     expect(ok).toBe(false);
     expect(why).toEqual(['3 frames lost', '1 sessions failed', 'p99 frame interval 95 ms > 80 ms', 'p99 time to first audio 300 ms > 250 ms', '2 underruns at a 120 ms buffer']);
+  });
+
+  it('counts refused sessions against capacity, and judges only the admitted ones of an overload run', () => {
+    expect(meetsSlo(report({ refused: 5 })).why).toEqual(['5 sessions refused']);
+    expect(meetsSlo(report({ refused: 5 }), { refusals: 'allowed' })).toEqual({ ok: true, why: [] });
   });
 
   it('is missed by a run where no audio arrived or no 120 ms buffer was modelled', () => {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ProcessSample } from '../../src/cli/loadtest/process-stats.ts';
+import { meetsSlo } from '../../src/cli/loadtest/capacity.ts';
 import { buildHtml } from '../../src/cli/loadtest/html.ts';
 import { ReplyTrack } from '../../src/cli/loadtest/reply.ts';
 import { buildReport, type Observations, type RunInfo, type SendTimes } from '../../src/cli/loadtest/report.ts';
@@ -41,7 +42,24 @@ function reply(turn: number, inputAt: number, arrivals: number[], options: { abo
 }
 
 function session(tag: string, replies: ReplyTrack[], outcome: SessionRecord['outcome'] = 'ok', closeCode = 1000): SessionRecord {
-  return { slow: outcome === 'slow', tag, openedAt: T0 + 10, closedAt: T0 + 2500, outcome, failure: outcome === 'failed' ? 'closed 4002' : undefined, closeCode, errors: [], replies };
+  return {
+    slow: outcome === 'slow',
+    tag,
+    startedAt: T0,
+    openedAt: T0 + 10,
+    closedAt: T0 + 2500,
+    outcome,
+    failure: outcome === 'failed' ? 'closed 4002' : undefined,
+    refusedAfterMs: undefined,
+    closeCode,
+    errors: [],
+    replies,
+  };
+}
+
+/** A session the gateway turned away `afterMs` after its upgrade request: `error overloaded`, then close 1013. */
+function refused(afterMs: number): SessionRecord {
+  return { ...session('r', [], 'refused', 1013), openedAt: undefined, closedAt: T0 + afterMs, refusedAfterMs: afterMs, errors: ['overloaded'] };
 }
 
 /** `n` frames every 60 ms from `start`. */
@@ -144,9 +162,24 @@ describe('The load report', () => {
   it('counts failed sessions by reason and close code, and leaves slow sessions out of what listeners hear', () => {
     const slow = { ...session('s', [reply(0, T0, paced(3, T0 + 5000))], 'slow', 4003) };
     const report = buildReport(observe([session('a', [reply(0, T0, paced(3, T0 + 100), { end: 'closed' })], 'failed', 4002), slow]));
-    expect(report.sessions).toEqual({ ok: 0, failed: 1, slow: 1, byClose: { '4002': 1, '4003': 1 }, byError: {}, failures: { 'closed 4002': 1 } });
+    expect(report.sessions).toEqual({ ok: 0, failed: 1, slow: 1, refused: 0, byClose: { '4002': 1, '4003': 1 }, byError: {}, failures: { 'closed 4002': 1 } });
     expect(report.frames.received).toBe(3);
     expect(report.replies).toEqual({ complete: 0, cut: 1, aborted: 0 });
+  });
+
+  it('counts sessions refused at capacity apart from failures, with the time each took to be refused, and judges the SLO on the admitted', () => {
+    const report = buildReport(observe([session('a', [reply(0, T0 + 90, paced(10, T0 + 100))]), refused(12), refused(40), refused(900)]));
+    expect(report.sessions).toMatchObject({ ok: 1, failed: 0, refused: 3, byClose: { '1000': 1, '1013': 3 }, byError: { overloaded: 3 } });
+    expect(report.refusalMs).toMatchObject({ count: 3, max: 900 });
+    expect(report.refusalMs.p50).toBeCloseTo(40, 1);
+    // Nothing a refused session did not hear is lost, and the one admitted met the SLO.
+    expect(report.frames).toMatchObject({ received: 10, lost: 0 });
+    expect(report.timeline[0]!.sessionsOpen).toBe(1);
+    expect(meetsSlo(report)).toEqual({ ok: true, why: [] });
+    const text = summaryText(report);
+    expect(text).toMatch(/^sessions\s+1 ok, 0 failed, 3 refused/m);
+    expect(text).toMatch(/^refused in\s+p50 40\.0 ms, p99 900\.\d ms, max 900\.0 ms/m);
+    expect(summaryText(buildReport(observe([session('a', [])])))).not.toMatch(/refused/);
   });
 
   it('derives the gateway CPU per frame, its CPU share and peak memory from process samples', () => {

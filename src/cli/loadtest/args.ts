@@ -39,7 +39,9 @@ gateway (child processes on 127.0.0.1) and loads those. See docs/loadtest.md.
   --help                 this text
 
 Exit status: 0 the run went through with no failed session and no lost frame; 1 the run could not be
-made (gateway unreachable, a child failed to start); 2 bad arguments; 3 sessions failed or frames were lost.`;
+made (gateway unreachable, a child failed to start); 2 bad arguments; 3 sessions failed or frames were lost.
+Sessions the gateway refuses before they open (error overloaded, close 1013) are counted as refused, not
+failed, with the time each took to be told; every other figure is about the sessions admitted.`;
 
 export class UsageError extends Error {}
 

@@ -3,10 +3,16 @@
 import type { LoadReport } from './report.ts';
 
 /** What every listener must get (issue 9); judged at pcm16, 24 kHz, binary, xiaozhi upstream pacing. */
-export const SLO = { lostFrames: 0, failedSessions: 0, intervalP99Ms: 80, ttfaP99Ms: 250, underrunsAt120: 0 } as const;
+export const SLO = { lostFrames: 0, failedSessions: 0, refusedSessions: 0, intervalP99Ms: 80, ttfaP99Ms: 250, underrunsAt120: 0 } as const;
 
-export function meetsSlo(r: LoadReport): { ok: boolean; why: string[] } {
+/**
+ * Whether a run held the SLO. A session the gateway refused (1013) counts against capacity, unless
+ * `refusals: 'allowed'`: offered more than it can serve, a gateway should refuse, and only the sessions
+ * it admitted are judged.
+ */
+export function meetsSlo(r: LoadReport, options: { refusals?: 'allowed' } = {}): { ok: boolean; why: string[] } {
   const why: string[] = [];
+  if (options.refusals !== 'allowed' && r.sessions.refused > SLO.refusedSessions) why.push(`${r.sessions.refused} sessions refused`);
   if (r.frames.lost > SLO.lostFrames) why.push(`${r.frames.lost} frames lost`);
   if (r.sessions.failed > SLO.failedSessions) why.push(`${r.sessions.failed} sessions failed`);
   if (r.intervalMs.p99 === null || r.ttfaMs.p99 === null) why.push('no audio arrived');

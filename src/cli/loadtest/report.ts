@@ -55,7 +55,10 @@ type Ms = number | null;
 
 export interface LoadReport {
   run: RunInfo & { durationS: number };
-  sessions: { ok: number; failed: number; slow: number; byClose: Record<string, number>; byError: Record<string, number>; failures: Record<string, number> };
+  /** `refused`: turned away before they opened (at capacity); not failed, and nothing else here counts them. */
+  sessions: { ok: number; failed: number; slow: number; refused: number; byClose: Record<string, number>; byError: Record<string, number>; failures: Record<string, number> };
+  /** Refused sessions: from the upgrade request to the refusal (the close, or an HTTP 503). */
+  refusalMs: { p50: Ms; p99: Ms; max: Ms; count: number };
   replies: { complete: number; cut: number; aborted: number };
   /** `accountedBy`: how lost frames could be known: the tool's simulator's send counts, `audio_frame` seq numbers. */
   frames: { expected: number; received: number; lost: number; duplicated: number; accountedBy: ('simulator' | 'seq')[] };
@@ -80,7 +83,8 @@ export function buildReport(o: Observations): LoadReport {
   const ttfa = histogram();
   const interval = histogram();
   const latency = histogram();
-  const sessions: LoadReport['sessions'] = { ok: 0, failed: 0, slow: 0, byClose: {}, byError: {}, failures: {} };
+  const refusal = histogram();
+  const sessions: LoadReport['sessions'] = { ok: 0, failed: 0, slow: 0, refused: 0, byClose: {}, byError: {}, failures: {} };
   const replies = { complete: 0, cut: 0, aborted: 0 };
   const frames = { expected: 0, received: 0, lost: 0, duplicated: 0 };
   const underruns = Object.fromEntries(o.run.buffersMs.map((ms) => [String(ms), { underruns: 0, repliesWithUnderrun: 0, stalledMs: 0 }]));
@@ -91,6 +95,10 @@ export function buildReport(o: Observations): LoadReport {
     for (const e of s.errors) count(sessions.byError, e);
     if (s.outcome === 'slow') sessions.slow++;
     else if (s.outcome === 'ok') sessions.ok++;
+    else if (s.outcome === 'refused') {
+      sessions.refused++;
+      if (s.refusedAfterMs !== undefined) recordMs(refusal, s.refusedAfterMs);
+    }
     else {
       sessions.failed++;
       count(sessions.failures, s.failure ?? 'unknown');
@@ -139,6 +147,7 @@ export function buildReport(o: Observations): LoadReport {
     sessions,
     replies,
     frames: { ...frames, accountedBy },
+    refusalMs: { p50: percentileMs(refusal, 50), p99: percentileMs(refusal, 99), max: maxMs(refusal), count: refusal.totalCount },
     ttfaMs: { p50: percentileMs(ttfa, 50), p95: percentileMs(ttfa, 95), p99: percentileMs(ttfa, 99), max: maxMs(ttfa), count: ttfa.totalCount },
     intervalMs: { p50: percentileMs(interval, 50), p99: percentileMs(interval, 99), max: maxMs(interval), count: interval.totalCount },
     underruns,

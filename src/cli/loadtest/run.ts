@@ -17,6 +17,9 @@
 //   CLI warms up every gateway it starts before it measures.
 // - capacity.ts: findCapacity takes an optional third argument, called after each probe, and each of
 //   its `reports` also holds that probe's whole LoadReport as `report`.
+// - A session the gateway turns away before it opens (`error overloaded`, close 1013) is refused, not
+//   failed: `sessions.refused` and `refusalMs` (upgrade request → close). Everything else in the report,
+//   and so meetsSlo, is about the sessions admitted.
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -55,6 +58,7 @@ export interface Progress {
   repliesDone: number;
   repliesTotal: number;
   failed: number;
+  refused: number;
   /** Per buffer size (ms), underruns so far. */
   underruns: Record<string, number>;
 }
@@ -82,7 +86,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadReport> {
   };
   const runId = randomUUID().slice(0, 8);
   const p = plan(o);
-  const live: Live = { open: 0, repliesDone: 0, failed: 0, underruns: o.buffersMs.map(() => 0) };
+  const live: Live = { open: 0, repliesDone: 0, failed: 0, refused: 0, underruns: o.buffersMs.map(() => 0) };
   const sessions = p.slow.map(
     (slow, i) =>
       new LoadSession(
@@ -128,6 +132,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadReport> {
       repliesDone: live.repliesDone,
       repliesTotal: p.slow.filter((slow) => !slow).length * o.replies,
       failed: live.failed,
+      refused: live.refused,
       underruns: Object.fromEntries(o.buffersMs.map((ms, i) => [String(ms), live.underruns[i]!])),
     });
   await sample();

@@ -1,6 +1,7 @@
 // One load session, driven by PROTOCOL.md alone: hello, then its turns (typed text or a spoken WAV),
 // each reply followed to its closing `state ready`, optionally interrupted (barge-in); or, for a slow
-// client, turns asked on a timer by a socket that has stopped reading.
+// client, turns asked on a timer by a socket that has stopped reading. A gateway at capacity refuses a
+// session before it opens (`error overloaded`, close 1013): that is counted as refused, not failed.
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
@@ -36,6 +37,7 @@ export interface Live {
   open: number;
   repliesDone: number;
   failed: number;
+  refused: number;
   /** Per buffer size, underruns so far. */
   underruns: number[];
 }
@@ -43,12 +45,19 @@ export interface Live {
 export interface SessionRecord {
   slow: boolean;
   tag: string | undefined;
+  /** When the upgrade request went out. */
+  startedAt: number | undefined;
   /** When the gateway's first `state ready` came: the session is open from here. */
   openedAt: number | undefined;
   closedAt: number | undefined;
-  /** undefined while it runs; a slow session is neither ok nor failed, only slow. */
-  outcome: 'ok' | 'failed' | 'slow' | undefined;
+  /**
+   * undefined while it runs; a slow session is neither ok nor failed, only slow; a refused one was turned
+   * away before it opened (`error overloaded` or close 1013, or HTTP 503 at the upgrade).
+   */
+  outcome: 'ok' | 'failed' | 'slow' | 'refused' | undefined;
   failure: string | undefined;
+  /** Refused: from the upgrade request to the close (or the 503): how long a client waits to be told. */
+  refusedAfterMs: number | undefined;
   closeCode: number | undefined;
   /** `error` codes the gateway sent, in order. */
   errors: string[];
@@ -80,18 +89,32 @@ export class LoadSession {
     private readonly spec: SessionSpec,
     private readonly live: Live,
   ) {
-    this.record = { slow: spec.slow, tag: spec.tag, openedAt: undefined, closedAt: undefined, outcome: undefined, failure: undefined, closeCode: undefined, errors: [], replies: [] };
+    this.record = {
+      slow: spec.slow,
+      tag: spec.tag,
+      startedAt: undefined,
+      openedAt: undefined,
+      closedAt: undefined,
+      outcome: undefined,
+      failure: undefined,
+      refusedAfterMs: undefined,
+      closeCode: undefined,
+      errors: [],
+      replies: [],
+    };
     this.downlink = { codec: spec.hello.downlink.codec, sampleRate: spec.hello.downlink.sampleRate };
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
   }
 
   start(): void {
+    this.record.startedAt = performance.now();
     const ws = new WebSocket(this.spec.url, { headers: this.spec.headers, perMessageDeflate: false });
     this.ws = ws;
     this.arm(this.spec.helloTimeoutMs, 'no hello and ready in time');
     ws.on('open', () => ws.send(JSON.stringify(this.spec.hello)));
     ws.on('message', (data: Buffer, isBinary: boolean) => (isBinary ? this.onAudio(data, undefined) : this.onText(data.toString('utf8'))));
-    ws.on('error', (error) => this.fail(`connection: ${error.message}`, 'closed'));
+    // A gateway (or the balancer in front of it) may also refuse at the upgrade: ws reports the status so.
+    ws.on('error', (error) => (/Unexpected server response: 503\b/.test(error.message) ? this.refuse() : this.fail(`connection: ${error.message}`, 'closed')));
     ws.on('close', (code) => this.onClose(code));
   }
 
@@ -212,9 +235,20 @@ export class LoadSession {
     this.over.abort();
     this.record.closeCode = code;
     this.record.closedAt = now;
+    // Refused: turned away before it opened. Once open, a 1013 (draining) ends a session like any close.
+    if (this.record.openedAt === undefined && (code === 1013 || this.record.errors.includes('overloaded'))) this.refuse();
     this.fail(code === undefined ? 'never connected' : `closed ${code}`, 'closed');
     if (this.record.openedAt !== undefined) this.live.open--;
     this.resolveDone(this.record);
+  }
+
+  /** The gateway turned the session away before it opened: the answer a client at capacity must get, not a failure. */
+  private refuse(): void {
+    if (this.record.outcome !== undefined) return;
+    this.disarm();
+    this.record.outcome = 'refused';
+    this.record.refusedAfterMs = performance.now() - this.record.startedAt!;
+    this.live.refused++;
   }
 
   /** The first reason a session fails is the one it is counted under; a slow session only ends. */

@@ -19,9 +19,17 @@ export function summaryRows(r: LoadReport): [string, string][] {
     ['downlink', `${run.codec} ${run.rate} Hz ${run.transport}, pacing ${run.pacing}${run.pacing === 'realtime' ? ` (prebuffer ${run.prebufferMs} ms)` : ''}`],
     ['gateway', `${run.url}${run.upstream === undefined ? '' : ` (upstream: ${run.upstream})`}`],
     ['duration', `${run.durationS} s`],
-    ['sessions', `${r.sessions.ok} ok, ${r.sessions.failed} failed${run.slow > 0 ? `, ${r.sessions.slow} slow` : ''}`],
+    [
+      'sessions',
+      `${r.sessions.ok} ok, ${r.sessions.failed} failed${run.slow > 0 ? `, ${r.sessions.slow} slow` : ''}` +
+        (r.sessions.refused > 0 ? `, ${r.sessions.refused} refused (at capacity: not failures; the figures below are the admitted sessions')` : ''),
+    ],
   ];
   if (r.sessions.failed > 0) rows.push(['failed because', counts(r.sessions.failures)]);
+  if (r.sessions.refused > 0) {
+    const t = r.refusalMs;
+    rows.push(['refused in', `p50 ${ms(t.p50)}, p99 ${ms(t.p99)}, max ${ms(t.max)} from the upgrade request to the close`]);
+  }
   rows.push(
     ['close codes', counts(r.sessions.byClose)],
     ['error codes', counts(r.sessions.byError)],
