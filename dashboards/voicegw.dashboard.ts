@@ -201,15 +201,15 @@ const rows: [string, AnyPanel[]][] = [
     'Latency',
     [
       timeseries({
-        title: 'Frame latency through the gateway (p50, p99; and without pacing, p50)',
+        title: 'Frame latency through the gateway (p50, p99), and lateness (p99)',
         description:
           'From an Opus packet arriving from the upstream to its frame handed to the client socket (decode, queue, ' +
           'pacing). Normal: p99 of a few milliseconds for sessions without pacing; realtime pacing adds its deliberate ' +
-          'hold. A rise with flat traffic points at event-loop lag or queued frames. "unpaced p50" leaves out realtime-' +
-          'paced sessions: it is the lateness that admission by load judges against ADMISSION_MAX_LATENESS_MS.',
+          'hold. A rise with flat traffic points at event-loop lag or queued frames. "lateness p99" leaves out frames held ' +
+          'by realtime pacing or waiting for a slow client: it is what admission by load judges against ADMISSION_MAX_LATENESS_MS.',
         queries: [
           ...percentiles('voicegw_frame_latency_seconds', [0.5, 0.99]),
-          { expr: quantile(0.5, 'voicegw_frame_lateness_seconds'), legend: 'unpaced p50' },
+          { expr: quantile(0.99, 'voicegw_frame_lateness_seconds'), legend: 'lateness p99' },
         ],
         unit: 's',
       }),

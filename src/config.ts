@@ -40,7 +40,7 @@ const schema = z.object({
   WORKERS: int(availableParallelism(), 1, 256),
   MAX_SESSIONS: int(1000, 1, 1_000_000),
   ADMISSION_MAX_LAG_MS: int(50, 1, 10_000),
-  ADMISSION_MAX_LATENESS_MS: int(40, 1, 10_000),
+  ADMISSION_MAX_LATENESS_MS: int(20, 1, 10_000),
   MAX_FRAME_BYTES: int(64 * 1024, 1024, 16 * 1024 * 1024),
   HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
   IDLE_TIMEOUT_MS: int(300_000, 1000, 86_400_000),

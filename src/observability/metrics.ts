@@ -218,7 +218,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     ),
     frameLateness: new FrameHistogram(
       'voicegw_frame_lateness_seconds',
-      "The same, for the frames of sessions without realtime pacing only: the gateway's own delay, which admission by load judges",
+      "The same, for frames neither held by realtime pacing nor waiting for a slow client's socket: the gateway's own delay, which admission by load judges",
       LATENCY_BUCKETS,
       registry,
     ),

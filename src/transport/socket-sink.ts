@@ -30,7 +30,7 @@ export interface SinkOptions {
   transport: string;
   /**
    * Realtime pacing holds frames back on purpose: their latency says nothing of load, so they stay out
-   * of frame_lateness_seconds.
+   * of frame_lateness_seconds, as do frames that waited for a slow client's socket.
    */
   paced: boolean;
   /**
@@ -73,6 +73,8 @@ export class SocketSink {
   private textBytes = 0;
   private closed = false;
   private overHighWater = false;
+  /** Frames have waited for this client's socket since the queue was last empty: theirs is the client's delay, not the gateway's. */
+  private backlogged = false;
   private lastAudioAt = -1;
   private inputEndedAt = -1;
   /** A too_slow notice was sent since the last state frame. */
@@ -140,15 +142,21 @@ export class SocketSink {
 
   /** Sends what waits, as far as the high-water mark allows: at a flush, and when the socket drains. */
   readonly drain = (): void => {
-    while (!this.closed && this.depth > 0 && !this.isOverHighWater()) {
+    while (!this.closed && this.depth > 0) {
+      if (this.isOverHighWater()) {
+        this.backlogged = true;
+        break;
+      }
       const frame = this.queue[this.head]!;
       this.queue[this.head++] = undefined as never;
       this.count(frame, -1);
       if (frame.kind === 'end') this.end(frame);
       else this.send(frame);
     }
-    if (this.depth === 0) this.resetQueue();
-    else if (!this.closed) this.metrics.sessionQueueDepth.observe(this.depth);
+    if (this.depth === 0) {
+      this.resetQueue();
+      this.backlogged = false;
+    } else if (!this.closed) this.metrics.sessionQueueDepth.observe(this.depth);
   };
 
   /** Frames of this session dropped before they reached the sink (by the gate or the pacer): counted here, with the rest. */
@@ -321,7 +329,7 @@ export class SocketSink {
     const now = this.now();
     const latency = (now - frame.arrivedAt) / 1000;
     this.metrics.frameLatency.observe(latency);
-    if (!this.options.paced) this.metrics.frameLateness.observe(latency);
+    if (!this.options.paced && !this.backlogged) this.metrics.frameLateness.observe(latency);
     if (this.lastAudioAt >= 0) this.metrics.frameInterval.observe((now - this.lastAudioAt) / 1000);
     this.lastAudioAt = now;
     if (this.inputEndedAt >= 0) {

@@ -30,7 +30,7 @@ const DEFAULTS: Config = {
   },
   workers: availableParallelism(),
   limits: { maxSessions: 1000, maxFrameBytes: 64 * 1024, helloTimeoutMs: 10_000, idleTimeoutMs: 300_000, drainDeadlineMs: 30_000 },
-  admission: { maxLagMs: 50, maxLatenessMs: 40 },
+  admission: { maxLagMs: 50, maxLatenessMs: 20 },
   sink: { highWaterBytes: 256 * 1024, queueLimitMs: 5000, maxQueuedMessages: 1000, policy: 'drop-oldest', sessionBufferBytes: 256 * 1024 },
   sim: { reply: 'speech' },
 };

@@ -86,7 +86,8 @@ describe('A load run against a gateway at capacity', () => {
     expect(report.replies).toEqual({ complete: 2, cut: 0, aborted: 0 });
     expect(report.frames.received).toBe(6);
     // meetsSlo judges the admitted sessions.
-    expect(meetsSlo(report).ok).toBe(true);
+    expect(meetsSlo(report, { refusals: 'allowed' }).ok).toBe(true);
+    expect(meetsSlo(report).why).toContain(`${report.sessions.refused} sessions refused`);
   });
 
   it('counts an upgrade refused with HTTP 503 as refused too', async () => {

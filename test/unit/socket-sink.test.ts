@@ -327,6 +327,19 @@ describe('SocketSink under the high-water mark', () => {
     expect(await read(paced.metrics.frameLateness)).toBe(0);
   });
 
+  it('keeps frames that waited for a slow client out of frame_lateness_seconds, and counts them again once its queue is empty', async () => {
+    const { socket, sink, metrics, endTurn } = setup();
+    socket.bufferedAmount = OVER;
+    sink.write(audio('a'));
+    endTurn();
+    socket.bufferedAmount = 0;
+    sink.drain();
+    sink.write(audio('b'));
+    endTurn();
+    expect(await read(metrics.frameLatency)).toBe(2);
+    expect(await read(metrics.frameLateness)).toBe(1);
+  });
+
   it('measures frame intervals within a reply only, even when the reply boundary waited in the queue', async () => {
     const { socket, sink, metrics, endTurn } = setup();
     socket.bufferedAmount = OVER;
