@@ -29,7 +29,7 @@ import { runLoad, type LoadReport } from '../src/cli/loadtest/run.ts';
 import { startGateway, startSimulator, type GatewayTarget } from '../src/cli/loadtest/targets.ts';
 import { loadSpeech } from '../src/sim/speech.ts';
 import { bareDecodeUs, median, table } from './baseline.ts';
-import { summarisePerf, type PerfSummary } from './perf-summary.ts';
+import { profileMarkdown, summarisePerf, type PerfSummary } from './perf-summary.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const env = (name: string, fallback: number, min = Number.MIN_VALUE): number => {
@@ -605,7 +605,7 @@ function markdown(
     `${table(rows)}\n\nAt capacity, what was saturated:\n${verdicts}\n\n` +
     (pcm ? `Bare decode: median of ${decode.length} runs (range ${spread} µs), before, between and after the targets.\n\n` : '') +
     `Probes (in order; the search doubles from ${MIN}, then bisects to ${STEP}):\n${probes}\n`;
-  if (profile) out += `\n${profileMarkdown(profile)}`;
+  if (profile) out += `\n${profileSection(profile)}`;
   if (overload) out += `\n${overloadMarkdown(overload)}`;
   return out;
 }
@@ -661,37 +661,9 @@ function failedAbove(r: TargetResult): string {
   return failed ? `${failed.sessions}: ${failed.why.join('; ')}` : '– (none failed)';
 }
 
-function profileMarkdown(p: NonNullable<Awaited<ReturnType<typeof profileAt>>>): string {
+function profileSection(p: NonNullable<Awaited<ReturnType<typeof profileAt>>>): string {
   const m = p.measured;
-  const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-  const cats = p.perf.categories.filter((c) => c.share >= 0.005 || c.mainThread >= 0.005).map((c) => [c.name, pct(c.share), pct(c.mainThread)]);
-  const fns = p.perf.functions.slice(0, 15).map((f) => [f.name.replaceAll('|', '\\|'), f.category, `${(f.share * 100).toFixed(1)}%`]);
-  return (
-    `## What limits capacity now: voicegw profiled at ${m.sessions} sessions\n\n` +
-    `perf record -g at 499 Hz on every thread of the gateway child (node --perf-basic-prof) for ${PROFILE_S} s after the ramp; ` +
-    `${p.perf.samples} samples. That run: ${m.ok ? 'met the SLO' : `missed the SLO under the profiler (${m.why.join('; ')})`}; ` +
-    `${fmt(m.usPerFrame, 1)} µs/frame; cores: gateway ${fmt(m.cores.target, 2)}, simulator ${fmt(m.cores.simulator, 2)}, driver ${fmt(m.cores.driver, 2)}, idle ${fmt(m.cores.idle, 2)}.\n\n` +
-    `${headline(p.perf)}\n\n` +
-    `The main thread (the event loop: all JS, all socket I/O) took ${pct(p.perf.mainThreadShare)} of the samples; the rest are V8's helper threads (GC, compiler). ` +
-    `Self time by category (V8 builtins and runtime are charged to the JS that called them):\n\n${table([['category', 'all threads', 'main thread'], ...cats])}\n\n` +
-    `Top functions (self time):\n\n${table([['function', 'category', 'share'], ...fns])}\n`
-  );
-}
-
-/** The event loop's time in four parts: the decode every PCM relay pays, the kernel, JavaScript, the rest. */
-function headline(perf: PerfSummary): string {
-  const part = (test: (name: string) => boolean) => perf.categories.filter((c) => test(c.name)).reduce((sum, c) => sum + c.mainThread, 0);
-  const opus = part((n) => n.startsWith('libopus'));
-  const kernel = part((n) => n.startsWith('kernel'));
-  const sockets = part((n) => n.startsWith('kernel: send') || n.startsWith('kernel: receive'));
-  const gc = part((n) => n.startsWith('GC'));
-  const js = part((n) => /JS|RxJS|JSON|pino|V8 runtime/.test(n));
-  const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
-  return (
-    `In short, of the event loop's time: libopus decoding ${pct(opus)}, the kernel ${pct(kernel)} (socket sends and receives ${pct(sockets)}), ` +
-    `JavaScript ${pct(js)} (RxJS, ws, Node's streams, voicegw's own code, JSON, V8 called from them), GC ${pct(gc)}, ` +
-    `other native code ${pct(Math.max(0, 1 - opus - kernel - js - gc))} (libc, Node's C++, libuv, uWS).`
-  );
+  return profileMarkdown(p.perf, { sessions: m.sessions, seconds: PROFILE_S, ok: m.ok, why: m.why, usPerFrame: m.usPerFrame, cores: m.cores });
 }
 
 /** Least-squares slope of RSS at load over sessions. */
