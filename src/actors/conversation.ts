@@ -50,8 +50,6 @@ export interface Conversation {
   readonly endingOutcome: SessionOutcome;
   /** Counts upstream connections, so that a failure reported twice (a fault found, then the socket's own error) is handled once. */
   readonly connection: number;
-  /** A fault of the current connection is reported: it is not reported twice. */
-  readonly upstreamFailing: boolean;
   /** The upstream was lost and reconnecting has not yet come to an end (recovered, failed or abandoned). */
   readonly reconnecting: boolean;
   readonly reconnectAttempts: number;
@@ -132,7 +130,6 @@ export function initialConversation(now: number): Conversation {
     draining: false,
     endingOutcome: 'normal',
     connection: 0,
-    upstreamFailing: false,
     reconnecting: false,
     reconnectAttempts: 0,
     lastClientAt: now,
@@ -228,7 +225,7 @@ class Turn {
         return;
       case 'sent-up':
         // Counted once per connection, like the fault it reports: a report about one already given up is stale.
-        if (e.connection === s.connection && e.unsent > this.settings.bufferBytes / 2 && !s.upstreamFailing) {
+        if (e.connection === s.connection && e.unsent > this.settings.bufferBytes / 2) {
           this.count('buffer_overflow', 'upstream');
           this.failUpstream('not_reading', `${e.unsent} bytes unsent: the upstream is not reading`);
         }
@@ -333,7 +330,6 @@ class Turn {
   }
 
   private connected(now: number): void {
-    this.s.upstreamFailing = false;
     this.s.upstreamUnsent = 0;
     this.s.upstreamProgressAt = now;
   }
@@ -398,7 +394,6 @@ class Turn {
     const s = this.s;
     this.count('upstream_error', fault);
     this.out.push({ c: 'disconnect' });
-    s.upstreamFailing = false;
     // Whatever else is reported of this connection now is stale.
     s.connection++;
     // Clients hear what happened in the protocol's terms; addresses, library messages and the peer's
@@ -436,7 +431,7 @@ class Turn {
   /** Once a second: a session idle too long goes; an upstream silent mid-reply, or not reading, is stuck. */
   private onTick(now: number, audioAt: number, unsent: number): void {
     const s = this.s;
-    if (s.phase !== 'open' || s.upstreamFailing) return;
+    if (s.phase !== 'open') return;
     const { stallTimeoutMs, idleTimeoutMs } = this.settings;
     if (unsent === 0 || unsent < s.upstreamUnsent) s.upstreamProgressAt = now;
     s.upstreamUnsent = unsent;
@@ -450,10 +445,8 @@ class Turn {
     }
   }
 
-  /** Reported once per connection, and handled as the connection's own failure would be. */
+  /** Handled as the connection's own failure would be; a later report about it is stale (`connection`). */
   private failUpstream(fault: UpstreamErrorKind, detail: string): void {
-    if (this.s.upstreamFailing) return;
-    this.s.upstreamFailing = true;
     this.onUpstreamFailed(fault, detail);
   }
 

@@ -35,7 +35,7 @@ const PACER_NOTICE = { type: 'error', code: 'too_slow', message: 'audio was drop
  *   upstream socket → parse → gate → decodeOpus (pcm16) → pace (realtime) → toClient → socket sink → client
  *
  * The session actor steers it without standing in it: control messages leave it for the actor at
- * `route`, and what the actor says (its messages; abort, reply start and end; the close) joins it in
+ * the filter in `connect`, and what the actor says (its messages; abort, reply start and end; the close) joins it in
  * band, in order with the audio. Each upstream connection is fed in with `connect`; a reconnect
  * switches to the next, while everything after the gate (the decoder, the pacer's clock, the sink's
  * queue) lives as long as the session. Every frame's fate is counted at the sink.

@@ -25,8 +25,6 @@ export class SessionReport {
   private replies = 0;
   private underruns = 0;
   private playedMs = 0;
-  /** Audio dropped before it reached the sink: discarded after an abort, or by the pacer. */
-  private droppedEarly = 0;
 
   constructor(private readonly metrics: Metrics) {}
 
@@ -41,11 +39,6 @@ export class SessionReport {
     this.metrics.replyDuration.observe((performance.now() - this.replyStartedAt) / 1000);
     this.replyStartedAt = -1;
     this.replies++;
-  }
-
-  /** Audio of this session dropped before it reached the sink. */
-  dropped(frames: number): void {
-    this.droppedEarly += frames;
   }
 
   /**
@@ -74,7 +67,7 @@ export class SessionReport {
       code,
       durationMs: Math.round(performance.now() - this.startedAt),
       replies: this.replies,
-      frames: { pushed: frames.pushed, dropped: frames.dropped + this.droppedEarly, failed: frames.failed },
+      frames: { pushed: frames.pushed, dropped: frames.dropped, failed: frames.failed },
       underruns: this.underruns,
       playedMs: this.playedMs,
     };

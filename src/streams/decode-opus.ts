@@ -31,7 +31,6 @@ export function decodeOpus<T extends { readonly kind: string }>(
       // The binding frees libopus state when its wrapper is collected: holding the only reference in
       // this closure makes the subscription the decoder's lifetime.
       let decoder: opus.OpusEncoder | undefined;
-      let ended = false;
       return source.pipe(
         filter((item): item is T | AudioFrame => {
           if (item.kind !== 'reply-end') return true;
@@ -39,7 +38,7 @@ export function decodeOpus<T extends { readonly kind: string }>(
           return false;
         }),
         map((item) => {
-          if (item.kind !== 'audio' || ended) return item;
+          if (item.kind !== 'audio') return item;
           const frame = item as AudioFrame;
           decoder ??= new opus.OpusEncoder(sampleRate, 1);
           let pcm: Buffer | undefined;
@@ -59,7 +58,6 @@ export function decodeOpus<T extends { readonly kind: string }>(
           return { kind: 'audio', data: plc, arrivedAt: frame.arrivedAt, durationMs: frame.durationMs, concealed: true } satisfies AudioFrame;
         }),
         finalize(() => {
-          ended = true;
           decoder = undefined;
         }),
       );

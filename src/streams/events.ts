@@ -1,6 +1,7 @@
 import type { ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
 
-// What flows downlink between the operators, from the upstream socket to the session actor.
+// What flows downlink between the operators: from the upstream socket, audio on to the client and control
+// messages to the session actor.
 
 /** An upstream WebSocket message as it came off the socket: text is JSON, binary is framed audio. */
 export type RawUpstream = string | Buffer;

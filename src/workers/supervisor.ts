@@ -140,7 +140,12 @@ export async function startWorkers(config: Config, upstreamUrl: string, metrics:
     },
     scrape,
     drain: () => (ended ??= end('drain')),
-    stop: () => (ended ??= end('stop')),
+    // A stop during a drain (a second signal) still ends every session now.
+    stop: () => {
+      const stopped = end('stop');
+      ended ??= stopped;
+      return stopped;
+    },
   };
 }
 

@@ -57,6 +57,21 @@ describe('draining on SIGTERM', () => {
     expect(client.errors).toEqual([]);
   }, 40_000);
 
+  it('stops at once on SIGINT during a drain: the reply in progress is cut with 1001, and it exits 0', async () => {
+    const sim = await res.simulator({ pacing: 'xiaozhi' });
+    const gw = await children.start(sim.url, { DRAIN_DEADLINE_MS: '20000' });
+    const client = await replyUnderWay(gw.url);
+    gw.process.kill('SIGTERM');
+    await poll(() => httpGet(gw.port, '/readyz'), (r) => r.status === 503, 5000);
+    gw.process.kill('SIGINT');
+
+    const closed = await within(5000, 'the session to be closed', client.closed);
+    const exited = await within(EXIT_MS, 'the gateway to exit', gw.exited);
+    expect(closed.code).toBe(1001);
+    expect(client.received.binary.length).toBeLessThan(REPLY_FRAMES);
+    expect(exited).toEqual({ code: 0, signal: null });
+  }, 40_000);
+
   it('cuts the reply in progress at DRAIN_DEADLINE_MS with 1001, then exits 0', async () => {
     const sim = await res.simulator({ pacing: 'xiaozhi' });
     const deadlineMs = 500;

@@ -187,7 +187,7 @@ describe('decide: the hello', () => {
       name: 'hello opens the upstream and the pipeline with connection 1, and waits in connecting without a word to the client',
       given: {},
       event: said(HELLO, 7),
-      then: { phase: 'connecting', state: 'ready', hello: HELLO, connection: 1, upstreamFailing: false, upstreamUnsent: 0, upstreamProgressAt: 7, lastClientAt: 7 },
+      then: { phase: 'connecting', state: 'ready', hello: HELLO, connection: 1, upstreamUnsent: 0, upstreamProgressAt: 7, lastClientAt: 7 },
       commands: [count('client_message', 'hello'), { c: 'open', hello: HELLO, connection: 1 }],
     },
     {
@@ -788,7 +788,7 @@ describe('decide: upstream failures', () => {
       name: 'the reconnect timer while reconnecting: a fresh connection',
       given: { ...RECONNECTING, connection: 2, upstreamUnsent: 700, upstreamProgressAt: 5 },
       event: { kind: 'reconnect', now: T + 100 },
-      then: { phase: 'reconnecting', state: 'reconnecting', connection: 3, upstreamFailing: false, upstreamUnsent: 0, upstreamProgressAt: T + 100 },
+      then: { phase: 'reconnecting', state: 'reconnecting', connection: 3, upstreamUnsent: 0, upstreamProgressAt: T + 100 },
       commands: [{ c: 'connect', connection: 3 }],
     },
     {
