@@ -79,8 +79,12 @@ export type ConversationEvent =
   | { kind: 'client-oversized'; bytes: number }
   | { kind: 'client-closed'; code: number; tooLarge: boolean }
   | { kind: 'hello-timeout' }
-  /** `audioAt`: when the last upstream audio frame arrived; `unsent`: what the upstream socket holds. */
-  | { kind: 'tick'; now: number; audioAt: number; unsent: number }
+  /**
+   * `audioAt`: when the last upstream audio frame arrived; `clientAudioAt`: when the client's last uplink
+   * frame went up (the session sends good ones without asking, see session.ts); `unsent`: what the
+   * upstream socket holds.
+   */
+  | { kind: 'tick'; now: number; audioAt: number; clientAudioAt: number; unsent: number }
   | { kind: 'reconnect'; now: number }
   | { kind: 'too-slow' }
   | { kind: 'shutdown'; graceful: boolean }
@@ -215,7 +219,7 @@ class Turn {
         if (s.phase === 'awaiting-hello') this.abandon(CloseCode.helloTimeout, 'no hello in time', 'hello_timeout');
         return;
       case 'tick':
-        return this.onTick(e.now, e.audioAt, e.unsent);
+        return this.onTick(e.now, e.audioAt, e.clientAudioAt, e.unsent);
       case 'reconnect':
         if (s.phase === 'reconnecting') this.connect(e.now);
         return;
@@ -429,7 +433,7 @@ class Turn {
   }
 
   /** Once a second: a session idle too long goes; an upstream silent mid-reply, or not reading, is stuck. */
-  private onTick(now: number, audioAt: number, unsent: number): void {
+  private onTick(now: number, audioAt: number, clientAudioAt: number, unsent: number): void {
     const s = this.s;
     if (s.phase !== 'open') return;
     const { stallTimeoutMs, idleTimeoutMs } = this.settings;
@@ -440,7 +444,7 @@ class Turn {
       this.failUpstream('not_reading', `${unsent} bytes unsent and none taken for ${stallTimeoutMs} ms`);
     } else if (this.inReply()) {
       if (now - Math.max(upstreamAt, s.replyDueAt) > stallTimeoutMs) this.failUpstream('stall', `no word from the upstream for ${stallTimeoutMs} ms mid-reply`);
-    } else if (now - Math.max(s.lastClientAt, upstreamAt) > idleTimeoutMs) {
+    } else if (now - Math.max(s.lastClientAt, clientAudioAt, upstreamAt) > idleTimeoutMs) {
       this.close(CloseCode.normal, 'idle', 'idle');
     }
   }

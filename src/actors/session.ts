@@ -4,7 +4,7 @@ import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
 import { closeCodeLabel, type Metrics } from '../observability/metrics.ts';
 import { XIAOZHI_UPLINK_RATE } from '../protocol/audio.ts';
-import { parseClientMessage, type ClientHello, type ServerMessage } from '../protocol/client.ts';
+import { parseClientMessage, uplinkAudioProblem, type ClientHello, type ServerMessage } from '../protocol/client.ts';
 import { SessionBudget } from '../streams/budget.ts';
 import { encodeOpus, FLUSH, RESET, type UplinkPcm } from '../streams/encode-opus.ts';
 import type { UpstreamControl, UpstreamInvalid } from '../streams/events.ts';
@@ -80,6 +80,8 @@ export class Session extends Actor<SessionMessage> implements Connection {
   private uplink: Subject<UplinkPcm> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private connectStartedAt = 0;
+  /** When the client's last good uplink frame went up: read at the tick, not a decision per frame. */
+  private clientAudioAt = 0;
   private readonly report: SessionReport;
 
   constructor(
@@ -128,6 +130,12 @@ export class Session extends Actor<SessionMessage> implements Connection {
   }
 
   protected receive(m: SessionMessage): void {
+    // Uplink audio is as frequent as the reply's frames: a good frame of an open session goes up without
+    // a decision. Anything else (a bad frame, a session not open) is the conversation's to answer.
+    if (m.kind === 'client-binary' && this.conversation.phase === 'open' && uplinkAudioProblem(this.conversation.hello!.uplink.codec, m.data) === undefined) {
+      this.clientAudioAt = performance.now();
+      return this.sendUplink(m.data);
+    }
     this.run(this.eventOf(m));
   }
 
@@ -146,7 +154,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
       case 'client-closed':
         return { kind: 'client-closed', code: m.code, tooLarge: m.tooLarge === true };
       case 'tick':
-        return { kind: 'tick', now: m.now, audioAt: this.delivery?.audioAt ?? 0, unsent: this.upstream?.bufferedAmount ?? 0 };
+        return { kind: 'tick', now: m.now, audioAt: this.delivery?.audioAt ?? 0, clientAudioAt: this.clientAudioAt, unsent: this.upstream?.bufferedAmount ?? 0 };
       case 'reconnect':
         return { kind: 'reconnect', now };
       case 'upstream-failed': {

@@ -66,7 +66,7 @@ const said = (message: ClientMessage, now = T): ConversationEvent => ({ kind: 'c
 const garbled = (parsed: ClientParse & { ok: false }, now = T): ConversationEvent => ({ kind: 'client-text', parsed, now });
 const heard = (message: XiaozhiMessage, now = T): ConversationEvent => ({ kind: 'upstream', message, now });
 const audio = (bytes: number[], now = T): ConversationEvent => ({ kind: 'client-audio', data: Buffer.from(bytes), now });
-const tick = (now: number, audioAt = 0, unsent = 0): ConversationEvent => ({ kind: 'tick', now, audioAt, unsent });
+const tick = (now: number, audioAt = 0, unsent = 0, clientAudioAt = 0): ConversationEvent => ({ kind: 'tick', now, audioAt, clientAudioAt, unsent });
 const failed = (connection: number, fault: 'connect' | 'closed' | 'socket' = 'closed', detail = 'ECONNRESET 10.1.2.3:8000'): ConversationEvent => ({
   kind: 'upstream-failed',
   connection,
@@ -874,6 +874,13 @@ describe('decide: ticks', () => {
       name: 'idle exactly idleTimeoutMs is not yet idle',
       given: { ...OPEN, lastClientAt: 1000, lastUpstreamAt: 1000, upstreamProgressAt: 1000 },
       event: tick(61_000),
+      then: { phase: 'open', state: 'ready' },
+      commands: [],
+    },
+    {
+      name: 'uplink audio that went up lately keeps the session, though no decision saw it',
+      given: { ...OPEN, lastClientAt: 1000, lastUpstreamAt: 1000, upstreamProgressAt: 1000 },
+      event: tick(61_001, 0, 0, 30_000),
       then: { phase: 'open', state: 'ready' },
       commands: [],
     },
