@@ -2,10 +2,16 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
+/** One sentence of a reply: its text, and its audio as Opus packets, one per frame. */
+export interface Sentence {
+  text: string;
+  packets: Buffer[];
+}
+
 export interface Speech {
   sampleRate: number;
   frameMs: number;
-  sentences: { text: string; packets: Buffer[] }[];
+  sentences: Sentence[];
 }
 
 const DEFAULT_PATH = fileURLToPath(new URL('../../test/fixtures/speech.json', import.meta.url));
