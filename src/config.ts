@@ -18,6 +18,10 @@ const schema = z.object({
   PORT: int(8080, 0, 65535),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   CLIENT_TOKENS: optionalText,
+  CLIENT_JWT_SECRET: optionalText.pipe(z.string().min(32, 'must be at least 32 characters (HS256)').optional()),
+  CLIENT_JWT_PUBLIC_KEY_FILE: optionalText,
+  CLIENT_JWT_AUDIENCE: optionalText,
+  CLIENT_JWT_ISSUER: optionalText,
 
   UPSTREAM_URL: optionalText.pipe(z.url({ protocol: /^wss?$/ }).optional()),
   UPSTREAM_TOKEN: optionalText,
@@ -58,8 +62,8 @@ export interface Config {
   host: string;
   port: number;
   logLevel: z.infer<typeof schema>['LOG_LEVEL'];
-  /** Tokens a client may present; empty means no authentication. */
-  clientTokens: readonly string[];
+  /** Who may connect; no tokens and no JWT key means anyone, each session a device of its own. */
+  clients: ClientAuth;
   /** The xiaozhi server; absent means the embedded simulator. */
   upstream: {
     url: string | undefined;
@@ -113,8 +117,40 @@ export interface Config {
   sim: { reply: 'speech' | 'echo' };
 }
 
+export interface ClientAuth {
+  /** Static tokens; `user` when the entry named one (`alice:<token>`), else the token only admits. */
+  tokens: readonly { user: string | undefined; token: string }[];
+  /** Signed JWTs from the app's backend: their `sub` is the user. */
+  jwt: { secret: string | undefined; publicKeyFile: string | undefined; audience: string; issuer: string | undefined } | undefined;
+}
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
+}
+
+const USER = /^[A-Za-z0-9._@-]{1,64}$/;
+
+/** CLIENT_TOKENS entries are `user:token` or a bare token; CLIENT_JWT_* need a key and an audience. */
+function clientAuth(e: z.infer<typeof schema>): ClientAuth {
+  const tokens = (e.CLIENT_TOKENS ?? '')
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t !== '')
+    .map((entry) => {
+      const colon = entry.indexOf(':');
+      if (colon < 0) return { user: undefined, token: entry };
+      const user = entry.slice(0, colon);
+      const token = entry.slice(colon + 1);
+      if (!USER.test(user) || token === '') throw new ConfigError('invalid configuration:\n  CLIENT_TOKENS: each entry is user:token (a user of letters, digits, . _ @ -) or a bare token');
+      return { user, token };
+    });
+  const key = e.CLIENT_JWT_SECRET ?? e.CLIENT_JWT_PUBLIC_KEY_FILE;
+  if (key === undefined) return { tokens, jwt: undefined };
+  if (e.CLIENT_JWT_SECRET !== undefined && e.CLIENT_JWT_PUBLIC_KEY_FILE !== undefined) {
+    throw new ConfigError('invalid configuration:\n  CLIENT_JWT_SECRET, CLIENT_JWT_PUBLIC_KEY_FILE: set one, not both');
+  }
+  if (e.CLIENT_JWT_AUDIENCE === undefined) throw new ConfigError('invalid configuration:\n  CLIENT_JWT_AUDIENCE: required with a JWT key, so that tokens minted for another service are refused');
+  return { tokens, jwt: { secret: e.CLIENT_JWT_SECRET, publicKeyFile: e.CLIENT_JWT_PUBLIC_KEY_FILE, audience: e.CLIENT_JWT_AUDIENCE, issuer: e.CLIENT_JWT_ISSUER } };
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -130,10 +166,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     host: e.HOST,
     port: e.PORT,
     logLevel: e.LOG_LEVEL,
-    clientTokens: (e.CLIENT_TOKENS ?? '')
-      .split(',')
-      .map((t) => t.trim())
-      .filter((t) => t !== ''),
+    clients: clientAuth(e),
     upstream: {
       url: e.UPSTREAM_URL,
       token: e.UPSTREAM_TOKEN,

@@ -4,6 +4,7 @@ import type { Logger } from '../observability/log.ts';
 import { LoadSampler } from '../observability/load.ts';
 import type { Metrics, RefuseReason } from '../observability/metrics.ts';
 import { CloseCode } from '../protocol/client.ts';
+import type { ClientIdentity } from '../identity/clients.ts';
 import type { Connection, ConnectionHandler } from '../transport/client-server.ts';
 import type { Upstream, UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
@@ -11,7 +12,7 @@ import { admission, initialAdmission, type AdmissionState } from './admission.ts
 import { Session, type SessionOutcome, type SessionSocket } from './session.ts';
 
 export type GatewayMessage =
-  | { kind: 'connected'; socket: SessionSocket; attach: (connection: Connection) => void }
+  | { kind: 'connected'; socket: SessionSocket; identity: ClientIdentity; attach: (connection: Connection) => void }
   | { kind: 'session-ended'; session: Session; outcome: SessionOutcome }
   | { kind: 'tick' }
   /** Stop admitting; let replies in progress finish until the deadline, then close every session. */
@@ -62,8 +63,8 @@ export class Gateway extends Actor<GatewayMessage> implements ConnectionHandler 
     this.ticker = setInterval(() => this.post({ kind: 'tick' }), TICK_MS).unref();
   }
 
-  open(socket: SessionSocket, attach: (connection: Connection) => void): void {
-    this.post({ kind: 'connected', socket, attach });
+  open(socket: SessionSocket, identity: ClientIdentity, attach: (connection: Connection) => void): void {
+    this.post({ kind: 'connected', socket, identity, attach });
   }
 
   /** Whether a new session would be admitted now: what /readyz answers. */
@@ -83,7 +84,7 @@ export class Gateway extends Actor<GatewayMessage> implements ConnectionHandler 
   protected receive(m: GatewayMessage): void {
     switch (m.kind) {
       case 'connected':
-        return this.admit(m.socket, m.attach);
+        return this.admit(m.socket, m.identity, m.attach);
       case 'session-ended':
         if (!this.sessions.delete(m.session.id)) return;
         this.deps.metrics.sessionsActive.dec();
@@ -155,7 +156,7 @@ export class Gateway extends Actor<GatewayMessage> implements ConnectionHandler 
     return undefined;
   }
 
-  private admit(socket: SessionSocket, attach: (connection: Connection) => void): void {
+  private admit(socket: SessionSocket, identity: ClientIdentity, attach: (connection: Connection) => void): void {
     const refusal = this.refusal();
     if (refusal !== undefined) {
       this.deps.metrics.sessionsTotal.labels('refused').inc();
@@ -165,7 +166,7 @@ export class Gateway extends Actor<GatewayMessage> implements ConnectionHandler 
       socket.end(CloseCode.tryAgainLater, REFUSALS[refusal].close);
       return;
     }
-    const session = new Session(socket, { ...this.deps, onEnded: (s, outcome) => this.post({ kind: 'session-ended', session: s, outcome }) }, randomUUID());
+    const session = new Session(socket, { ...this.deps, identity, onEnded: (s, outcome) => this.post({ kind: 'session-ended', session: s, outcome }) }, randomUUID());
     this.sessions.set(session.id, session);
     this.deps.metrics.sessionsActive.inc();
     attach(session);

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Subject } from 'rxjs';
 import type { Config } from '../config.ts';
+import type { ClientIdentity } from '../identity/clients.ts';
 import type { Logger } from '../observability/log.ts';
 import { closeCodeLabel, type Metrics } from '../observability/metrics.ts';
 import { XIAOZHI_UPLINK_RATE } from '../protocol/audio.ts';
@@ -44,6 +45,8 @@ export type SessionMessage =
 
 export interface SessionDeps {
   config: Config;
+  /** Who the client is: its user, when authentication names one. */
+  identity: ClientIdentity;
   /** Where the upstream is; the embedded simulator's when none is configured. */
   upstreamUrl: string;
   metrics: Metrics;
@@ -91,7 +94,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
   ) {
     super();
     this.id = id;
-    this.log = deps.logger.child({ sessionId: id });
+    this.log = deps.logger.child(deps.identity.user === undefined ? { sessionId: id } : { sessionId: id, user: deps.identity.user });
     this.report = new SessionReport(deps.metrics);
     const { limits, sink, upstream } = deps.config;
     this.settings = {

@@ -1,6 +1,6 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import uWS from 'uWebSockets.js';
 import type { Config } from '../config.ts';
+import type { Authenticate, ClientIdentity } from '../identity/clients.ts';
 import { Registry } from 'prom-client';
 import type { Logger } from '../observability/log.ts';
 import type { ClientSocket } from './socket-sink.ts';
@@ -20,13 +20,14 @@ export interface Connection {
 
 /** Who serves the connections: main wires it to the gateway. */
 export interface ConnectionHandler {
-  /** A client connected; `attach` is called with its connection once admitted (a refused one is ended). */
-  open(socket: ClientSocket, attach: (connection: Connection) => void): void;
+  /** A client connected as `identity`; `attach` is called with its connection once admitted (a refused one is ended). */
+  open(socket: ClientSocket, identity: ClientIdentity, attach: (connection: Connection) => void): void;
   /** Whether a new session would be admitted now: what /readyz answers. */
   readonly accepting: boolean;
 }
 
 interface SocketData {
+  identity: ClientIdentity;
   connection: Connection | undefined;
 }
 
@@ -75,9 +76,8 @@ export function assertNativeUws(): void {
 }
 
 /** The client-facing server: /v1/voice, /metrics, /healthz, /readyz. I/O only; decisions are the actors'. */
-export function startClientServer(handler: ConnectionHandler, config: Config, scrape: Scrape, logger: Logger): Promise<ClientServer> {
+export function startClientServer(handler: ConnectionHandler, authenticate: Authenticate, config: Config, scrape: Scrape, logger: Logger): Promise<ClientServer> {
   assertNativeUws();
-  const authorized = tokenCheck(config.clientTokens);
   const app = uWS.App();
   const open = new Set<uWS.WebSocket<SocketData>>();
 
@@ -89,26 +89,39 @@ export function startClientServer(handler: ConnectionHandler, config: Config, sc
     idleTimeout: 120,
     sendPingsAutomatically: true,
     upgrade: (res, req, context) => {
-      const bearer = /^Bearer\s+(.+)$/i.exec(req.getHeader('authorization'))?.[1];
-      if (!authorized(bearer ?? req.getQuery('token'))) {
-        res.writeStatus('401 Unauthorized').end('a valid client token is required');
-        return;
-      }
       if (req.getHeader('sec-websocket-version') !== WEBSOCKET_VERSION) {
         upgradeRequired(res);
         return;
       }
-      res.upgrade<SocketData>(
-        { connection: undefined },
-        req.getHeader('sec-websocket-key'),
-        req.getHeader('sec-websocket-protocol'),
-        req.getHeader('sec-websocket-extensions'),
-        context,
+      const bearer = /^Bearer\s+(.+)$/i.exec(req.getHeader('authorization'))?.[1];
+      // uWS lends `req` for this call only: what the upgrade needs is read now.
+      const key = req.getHeader('sec-websocket-key');
+      const protocol = req.getHeader('sec-websocket-protocol');
+      const extensions = req.getHeader('sec-websocket-extensions');
+      const upgrade = (identity: ClientIdentity | undefined) => {
+        if (identity === undefined) res.writeStatus('401 Unauthorized').end('a valid client token is required');
+        else res.upgrade<SocketData>({ identity, connection: undefined }, key, protocol, extensions, context);
+      };
+      const identity = authenticate(bearer ?? req.getQuery('token'));
+      if (!(identity instanceof Promise)) return upgrade(identity);
+      // A JWT is verified off this call: the client may be gone by the time it is.
+      let aborted = false;
+      res.onAborted(() => {
+        aborted = true;
+      });
+      identity.then(
+        (who) => {
+          if (!aborted) res.cork(() => upgrade(who));
+        },
+        (error: unknown) => {
+          logger.error({ err: error }, 'client authentication failed');
+          if (!aborted) res.cork(() => res.writeStatus('500 Internal Server Error').end());
+        },
       );
     },
     open: (ws) => {
       open.add(ws);
-      handler.open(ws, (connection) => {
+      handler.open(ws, ws.getUserData().identity, (connection) => {
         ws.getUserData().connection = connection;
       });
     },
@@ -206,16 +219,4 @@ function closeApp(app: uWS.TemplatedApp): void {
 /** RFC 6455 4.4: name the version the server speaks. */
 function upgradeRequired(res: uWS.HttpResponse): void {
   res.writeStatus('426 Upgrade Required').writeHeader('Sec-WebSocket-Version', WEBSOCKET_VERSION).end('a WebSocket (version 13) upgrade is required');
-}
-
-/** Compares digests in constant time, so that response timing says nothing about a token's prefix. */
-function tokenCheck(tokens: readonly string[]): (presented: string | undefined) => boolean {
-  if (tokens.length === 0) return () => true;
-  const digest = (t: string) => createHash('sha256').update(t).digest();
-  const known = tokens.map(digest);
-  return (presented) => {
-    if (presented === undefined || presented === '') return false;
-    const d = digest(presented);
-    return known.some((k) => timingSafeEqual(k, d));
-  };
 }

@@ -3,6 +3,7 @@ import type { Config } from '../config.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { CloseCode } from '../protocol/client.ts';
+import { clientAuthenticator } from '../identity/clients.ts';
 import { startClientServer, type Scrape } from '../transport/client-server.ts';
 
 /** The client path of one thread: a gateway actor and the uWS server in front of it. */
@@ -36,7 +37,7 @@ export async function serve({ config, upstreamUrl, metrics, logger, scrape, read
       return ready(gateway.accepting);
     },
   };
-  const server = await startClientServer(handler, config, scrape, logger);
+  const server = await startClientServer(handler, clientAuthenticator(config.clients), config, scrape, logger);
   const shut = () => server.closeAll(CloseCode.goingAway, 'gateway shutting down');
   return {
     port: server.port,

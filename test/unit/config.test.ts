@@ -16,7 +16,7 @@ const DEFAULTS: Config = {
   host: '0.0.0.0',
   port: 8080,
   logLevel: 'info',
-  clientTokens: [],
+  clients: { tokens: [], jwt: undefined },
   upstream: {
     url: undefined,
     token: undefined,
@@ -43,7 +43,7 @@ describe('loadConfig', () => {
   it('uses the embedded simulator (no upstream URL) and no client authentication by default', () => {
     const config = loadConfig({});
     expect(config.upstream.url).toBeUndefined();
-    expect(config.clientTokens).toEqual([]);
+    expect(config.clients).toEqual({ tokens: [], jwt: undefined });
   });
 
   it('refuses bad values with a ConfigError naming every bad variable', () => {
@@ -128,7 +128,24 @@ describe('loadConfig', () => {
   });
 
   it('splits client tokens on commas, trimming and skipping empty ones', () => {
-    expect(loadConfig({ CLIENT_TOKENS: ' alpha, beta,,gamma , ' }).clientTokens).toEqual(['alpha', 'beta', 'gamma']);
+    expect(loadConfig({ CLIENT_TOKENS: ' alpha, beta,,gamma , ' }).clients.tokens.map((t) => t.token)).toEqual(['alpha', 'beta', 'gamma']);
+  });
+
+  it('reads user:token entries as tokens that name their user, and bare ones as naming none', () => {
+    expect(loadConfig({ CLIENT_TOKENS: 'alice:t0k:en, plain' }).clients.tokens).toEqual([
+      { user: 'alice', token: 't0k:en' },
+      { user: undefined, token: 'plain' },
+    ]);
+    expect(() => loadConfig({ CLIENT_TOKENS: 'al ice:token' })).toThrow(/CLIENT_TOKENS: each entry is user:token/);
+    expect(() => loadConfig({ CLIENT_TOKENS: 'alice:' })).toThrow(/CLIENT_TOKENS/);
+  });
+
+  it('takes a JWT key only with an audience, one key at a time, and an HS256 secret of 32 characters or more', () => {
+    const secret = 's'.repeat(32);
+    expect(loadConfig({ CLIENT_JWT_SECRET: secret, CLIENT_JWT_AUDIENCE: 'voicegw' }).clients.jwt).toEqual({ secret, publicKeyFile: undefined, audience: 'voicegw', issuer: undefined });
+    expect(() => loadConfig({ CLIENT_JWT_SECRET: secret })).toThrow(/CLIENT_JWT_AUDIENCE: required/);
+    expect(() => loadConfig({ CLIENT_JWT_SECRET: secret, CLIENT_JWT_PUBLIC_KEY_FILE: '/k.pem', CLIENT_JWT_AUDIENCE: 'a' })).toThrow(/set one, not both/);
+    expect(() => loadConfig({ CLIENT_JWT_SECRET: 'short', CLIENT_JWT_AUDIENCE: 'a' })).toThrow(/at least 32 characters/);
   });
 
   it('trims the upstream token and client id', () => {

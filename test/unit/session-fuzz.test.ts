@@ -166,6 +166,7 @@ function harness(settings: Settings) {
     {
       config,
       upstreamUrl: 'ws://unused',
+      identity: { user: undefined },
       metrics,
       logger: silentLogger,
       openUpstream: () => upstream as unknown as Upstream,
