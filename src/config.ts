@@ -33,6 +33,14 @@ const schema = z.object({
       .optional(),
   ),
   UPSTREAM_CLIENT_ID: optionalText.pipe(z.uuid().optional()),
+  UPSTREAM_OTA_URL: optionalText.pipe(z.url({ protocol: /^https?$/ }).optional()),
+  UPSTREAM_OTA_TIMEOUT_MS: int(10_000, 100, 120_000),
+  UPSTREAM_OTA_MAX_AGE_MS: int(3_600_000, 1000, 30 * 86_400_000),
+  UPSTREAM_ACTIVATION_VERSION: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2)])).default(1),
+  ACTIVATION_TIMEOUT_MS: int(300_000, 100, 3_600_000),
+  ACTIVATION_POLL_MS: int(3000, 10, 60_000),
+  DATA_DIR: z.string().default('data'),
+  DATABASE_URL: optionalText.pipe(z.url({ protocol: /^postgres(ql)?$/ }).optional()),
   UPSTREAM_PROTOCOL_VERSION: z.coerce.number().pipe(z.union([z.literal(1), z.literal(2), z.literal(3)])).default(1),
   UPSTREAM_HELLO_TIMEOUT_MS: int(10_000, 100, 120_000),
   UPSTREAM_MAX_MESSAGE_BYTES: int(1024 * 1024, 4096, 64 * 1024 * 1024),
@@ -56,6 +64,8 @@ const schema = z.object({
   SLOW_CLIENT_POLICY: z.enum(['drop-oldest', 'close']).default('drop-oldest'),
 
   SIM_REPLY: z.enum(['speech', 'echo']).default('speech'),
+  SIM_PROVISIONING: z.enum(['off', 'single-module', 'manager', 'cloud']).default('off'),
+  SIM_AUTH_KEY: optionalText,
 });
 
 export interface Config {
@@ -79,7 +89,27 @@ export interface Config {
     stallTimeoutMs: number;
     /** After losing the upstream mid-session: attempts, then capped exponential backoff between them. */
     reconnect: { attempts: number; baseMs: number; maxMs: number };
+    /**
+     * OTA provisioning (XIAOZHI-OTA.md), as a xiaozhi device does it: the server hands each device its
+     * WebSocket URL and token, and asks for activation until the device is bound to an account.
+     */
+    ota:
+      | {
+          url: string;
+          timeoutMs: number;
+          /** A cached answer older than this is fetched again before the next connection. */
+          maxAgeMs: number;
+          /** 1: the `{}` activation body of boards without a serial; 2: the HMAC body over the challenge. */
+          activationVersion: 1 | 2;
+          /** How long a session waits for its user to bind the device (then `activation_timeout`, 4002). */
+          activationTimeoutMs: number;
+          /** Between `/activate` polls while the server answers 202, as the firmware's 3 s. */
+          activationPollMs: number;
+        }
+      | undefined;
   };
+  /** Where each user's device identity is kept: PostgreSQL when DATABASE_URL is set, else SQLite in dataDir. */
+  store: { dataDir: string; databaseUrl: string | undefined };
   /** Threads serving clients, one uWS App each on the same port; a session lives wholly in one. */
   workers: number;
   limits: {
@@ -113,8 +143,12 @@ export interface Config {
      */
     sessionBufferBytes: number;
   };
-  /** The embedded simulator's reply: the recorded speech, or the user's own uplink audio back. */
-  sim: { reply: 'speech' | 'echo' };
+  /**
+   * The embedded simulator. reply: the recorded speech, or the user's own uplink audio back.
+   * provisioning: which xiaozhi server's OTA and activation it plays (off: the gateway connects directly).
+   * authKey: single-module only, the key of the tokens it hands out and checks at the handshake.
+   */
+  sim: { reply: 'speech' | 'echo'; provisioning: 'off' | 'single-module' | 'manager' | 'cloud'; authKey: string | undefined };
 }
 
 export interface ClientAuth {
@@ -177,7 +211,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxMessageBytes: e.UPSTREAM_MAX_MESSAGE_BYTES,
       stallTimeoutMs: e.UPSTREAM_STALL_TIMEOUT_MS,
       reconnect: { attempts: e.UPSTREAM_RECONNECT_ATTEMPTS, baseMs: e.UPSTREAM_RECONNECT_BASE_MS, maxMs: e.UPSTREAM_RECONNECT_MAX_MS },
+      ota:
+        e.UPSTREAM_OTA_URL === undefined
+          ? undefined
+          : {
+              url: e.UPSTREAM_OTA_URL,
+              timeoutMs: e.UPSTREAM_OTA_TIMEOUT_MS,
+              maxAgeMs: e.UPSTREAM_OTA_MAX_AGE_MS,
+              activationVersion: e.UPSTREAM_ACTIVATION_VERSION,
+              activationTimeoutMs: e.ACTIVATION_TIMEOUT_MS,
+              activationPollMs: e.ACTIVATION_POLL_MS,
+            },
     },
+    store: { dataDir: e.DATA_DIR, databaseUrl: e.DATABASE_URL },
     workers: e.WORKERS,
     limits: {
       maxSessions: e.MAX_SESSIONS,
@@ -194,6 +240,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       policy: e.SLOW_CLIENT_POLICY,
       sessionBufferBytes: e.SESSION_BUFFER_BYTES,
     },
-    sim: { reply: e.SIM_REPLY },
+    sim: { reply: e.SIM_REPLY, provisioning: e.SIM_PROVISIONING, authKey: e.SIM_AUTH_KEY },
   };
 }

@@ -27,6 +27,12 @@ export type DropReason = (typeof DROP_REASONS)[number];
 export type FailReason = (typeof FAIL_REASONS)[number];
 const REFUSE_REASONS = ['capacity', 'load', 'draining'] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
+const OTA_OUTCOMES = ['ok', 'activation', 'http_error', 'malformed', 'no_websocket', 'unreachable'] as const;
+export type OtaOutcome = (typeof OTA_OUTCOMES)[number];
+const ACTIVATION_OUTCOMES = ['activated', 'timeout', 'failed'] as const;
+export type ActivationOutcome = (typeof ACTIVATION_OUTCOMES)[number];
+const STORE_OPERATIONS = ['read', 'write'] as const;
+export type StoreOperation = (typeof STORE_OPERATIONS)[number];
 
 /** A counter bumped once per audio frame: the hot path adds to a plain number, read at scrape time. */
 export interface FrameCounter {
@@ -336,11 +342,37 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       aggregator: 'min',
       registers,
     }),
+    otaRequests: new Counter({
+      name: 'voicegw_ota_requests_total',
+      help: 'OTA requests to the xiaozhi server, by outcome: ok, activation (the answer asks for it), http_error, malformed, no_websocket, unreachable',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    activationsPending: new Gauge({
+      name: 'voicegw_activations_pending',
+      help: "Sessions waiting for their user to bind the device's activation code",
+      registers,
+    }),
+    activations: new Counter({
+      name: 'voicegw_activations_total',
+      help: 'Device activations that came to an end, by outcome: activated, timeout, failed',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    storeErrors: new Counter({
+      name: 'voicegw_store_errors_total',
+      help: 'Device store operations that failed (the sessions that needed them get upstream_unavailable), by operation',
+      labelNames: ['operation'] as const,
+      registers,
+    }),
   };
   // A frame's fates exist from the start at 0, so that ratios and alerts over them have a series to read.
   for (const reason of DROP_REASONS) metrics.framesDropped.labels(reason).inc(0);
   for (const reason of FAIL_REASONS) metrics.sendFailures.labels(reason).inc(0);
   for (const reason of REFUSE_REASONS) metrics.sessionsRefused.labels(reason).inc(0);
+  for (const outcome of OTA_OUTCOMES) metrics.otaRequests.labels(outcome).inc(0);
+  for (const outcome of ACTIVATION_OUTCOMES) metrics.activations.labels(outcome).inc(0);
+  for (const operation of STORE_OPERATIONS) metrics.storeErrors.labels(operation).inc(0);
   metrics.admissionOpen.set(1);
   return metrics;
 }

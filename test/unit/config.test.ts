@@ -27,12 +27,14 @@ const DEFAULTS: Config = {
     maxMessageBytes: 1024 * 1024,
     stallTimeoutMs: 15_000,
     reconnect: { attempts: 5, baseMs: 250, maxMs: 5000 },
+    ota: undefined,
   },
+  store: { dataDir: 'data', databaseUrl: undefined },
   workers: availableParallelism(),
   limits: { maxSessions: 1000, maxFrameBytes: 64 * 1024, helloTimeoutMs: 10_000, idleTimeoutMs: 300_000, drainDeadlineMs: 30_000 },
   admission: { maxLagMs: 50, maxLatenessMs: 20 },
   sink: { highWaterBytes: 256 * 1024, queueLimitMs: 5000, maxQueuedMessages: 1000, policy: 'drop-oldest', sessionBufferBytes: 256 * 1024 },
-  sim: { reply: 'speech' },
+  sim: { reply: 'speech', provisioning: 'off', authKey: undefined },
 };
 
 describe('loadConfig', () => {
