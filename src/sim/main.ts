@@ -1,6 +1,7 @@
-// Runs the simulator on its own: node --import tsx src/sim/main.ts (SIM_HOST, SIM_PORT, SIM_REPLY=speech|echo).
+// Runs the simulator on its own: node --import tsx src/sim/main.ts (SIM_HOST, SIM_PORT, SIM_REPLY=speech|echo,
+// SIM_PROVISIONING=off|single-module|manager|cloud, SIM_AUTH_KEY).
 import { createLogger } from '../observability/log.ts';
-import { startSimulator } from './simulator.ts';
+import { startSimulator, type ProvisioningMode } from './simulator.ts';
 
 const log = createLogger();
 const host = process.env.SIM_HOST ?? '127.0.0.1';
@@ -15,8 +16,19 @@ if (reply !== 'speech' && reply !== 'echo') {
   process.exit(1);
 }
 
-const sim = await startSimulator({ host, port, logger: log, reply });
-log.info({ url: sim.url }, 'xiaozhi simulator listening');
+const MODES: readonly ProvisioningMode[] = ['single-module', 'manager', 'cloud'];
+const mode = process.env.SIM_PROVISIONING ?? 'off';
+const provisioningMode = MODES.find((m) => m === mode);
+if (mode !== 'off' && provisioningMode === undefined) {
+  log.fatal({ SIM_PROVISIONING: mode }, 'SIM_PROVISIONING must be off, single-module, manager or cloud');
+  process.exit(1);
+}
+// An empty key means none, as an unset variable does.
+const authKey = process.env.SIM_AUTH_KEY || undefined;
+const provisioning = provisioningMode === undefined ? undefined : { mode: provisioningMode, authKey };
+
+const sim = await startSimulator({ host, port, logger: log, reply, provisioning });
+log.info({ url: sim.url, otaUrl: sim.otaUrl, consoleUrl: sim.consoleUrl, provisioning: mode }, 'xiaozhi simulator listening');
 
 const stop = (signal: NodeJS.Signals): void => {
   log.info({ signal }, 'closing simulator');

@@ -1,11 +1,13 @@
 // One device's session with the simulator: the hello, the device's messages, a reply to each utterance
-// (the fixture's speech, or the device's own audio echoed back), the session's fault, and its end.
+// (the fixture's speech, or the device's own audio echoed back), the session's fault, and its end. A device
+// that must be bound first hears, instead of each reply, where to bind it.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, type RawData } from 'ws';
 import { decodeBinary, encodeBinary, parseDeviceJson, type ProtocolVersion } from '../protocol/xiaozhi.ts';
 import type { Logger } from '../observability/log.ts';
 import { Echo } from './echo.ts';
+import { headersOf } from './http.ts';
 import { strike, type Fault, type FaultTarget } from './faults.ts';
 import { Playback, type Downlink } from './playback.ts';
 import type { ReplyMode, SessionOptions, SimSession } from './simulator.ts';
@@ -31,7 +33,7 @@ export interface Behaviour {
 
 export class Session implements SimSession, Downlink, FaultTarget {
   readonly id = randomUUID();
-  readonly headers: Record<string, string> = {};
+  readonly headers: Record<string, string>;
   readonly protocolVersion: ProtocolVersion;
   readonly received: { json: Record<string, unknown>[]; audio: Buffer[] } = { json: [], audio: [] };
   repliesSent = 0;
@@ -41,6 +43,8 @@ export class Session implements SimSession, Downlink, FaultTarget {
   private stalled = false;
   private readonly playback: Playback;
   private readonly echo: Echo;
+  /** While the binding prompt starts: S speaks it as a reply, but sends no `llm` with it. */
+  private prompting = false;
 
   constructor(
     private readonly ws: WebSocket,
@@ -48,10 +52,10 @@ export class Session implements SimSession, Downlink, FaultTarget {
     simulator: Behaviour,
     sessionOptions: ((session: SimSession) => SessionOptions) | undefined,
     log: Logger,
+    /** Asked at each reply: what to speak instead while the device must be bound. */
+    private readonly bindPrompt: () => string | undefined,
   ) {
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (value !== undefined) this.headers[name] = Array.isArray(value) ? value.join(', ') : value;
-    }
+    this.headers = headersOf(req);
     const version = Number(this.headers['protocol-version'] ?? 1);
     this.protocolVersion = version === 2 || version === 3 ? version : 1;
     const own = sessionOptions?.(this) ?? {};
@@ -99,6 +103,7 @@ export class Session implements SimSession, Downlink, FaultTarget {
   }
 
   sendJson(message: Record<string, unknown>): void {
+    if (this.prompting && message.type === 'llm') return;
     this.send(JSON.stringify(message));
   }
 
@@ -155,8 +160,20 @@ export class Session implements SimSession, Downlink, FaultTarget {
   }
 
   private reply(heard: string, sentences: Sentence[]): void {
+    const prompt = this.bindPrompt();
+    if (prompt !== undefined) return this.speakBindPrompt(prompt);
     this.repliesSent++;
     this.playback.play(heard, sentences);
+  }
+
+  /**
+   * As S (receiveAudioHandle check_bind_device): the prompt as `stt`, then spoken as one sentence. The
+   * first sentence's audio stands in for S's recorded prompt and digits.
+   */
+  private speakBindPrompt(text: string): void {
+    this.prompting = true;
+    this.playback.play(text, [{ text, packets: this.behaviour.speech[0]?.packets ?? [] }]);
+    this.prompting = false;
   }
 
   /** The session is over: no timer may fire, and the codec state goes with it. */
