@@ -176,8 +176,9 @@ const rows: [string, AnyPanel[]][] = [
       timeseries({
         title: 'Sessions ended per minute, by outcome',
         description:
-          'Sessions ending per minute, by outcome. Normal: mostly normal and client_gone. upstream_unavailable, ' +
-          'upstream_lost, internal, too_slow or refused mean trouble; see the other rows for which.',
+          'Sessions ending per minute, by outcome. Normal: mostly normal and client_gone, and a rare ' +
+          'activation_timeout (a user who did not enter their code). upstream_unavailable, upstream_lost, internal, ' +
+          'too_slow or refused mean trouble; see the other rows for which.',
         queries: [{ expr: `60 * sum by (outcome) (${rate('voicegw_sessions_total')})`, legend: '{{outcome}}' }],
         stack: true,
       }),
@@ -347,8 +348,10 @@ const rows: [string, AnyPanel[]][] = [
       timeseries({
         title: 'Upstream errors per minute, by kind',
         description:
-          'Faults talking to the voice service: connect, hello_timeout, bad_hello, closed, socket, stall, not_reading. ' +
-          'Normal: near 0; a burst of connect or hello_timeout means the service is down or overloaded.',
+          'Faults talking to the voice service: connect, hello_timeout, bad_hello, closed, socket, stall, not_reading; ' +
+          "and before connecting, provision (the OTA server or the device store failed) and activation_timeout (the user's " +
+          'code was not bound in time; see Devices and provisioning). Normal: near 0; a burst of connect or hello_timeout ' +
+          'means the service is down or overloaded.',
         queries: [{ expr: `60 * sum by (kind) (${rate('voicegw_upstream_errors_total')})`, legend: '{{kind}}' }],
         stack: true,
       }),
@@ -383,6 +386,46 @@ const rows: [string, AnyPanel[]][] = [
           'Upstream connections that reached the hello, per minute: one per session start plus one per recovered ' +
           'reconnect. Normal: follows the session start rate; more means sessions keep reconnecting.',
         queries: [{ expr: `60 * sum(${rate('voicegw_upstream_connect_seconds_count')})`, legend: 'connected' }],
+      }),
+    ],
+  ],
+  [
+    'Devices and provisioning',
+    [
+      timeseries({
+        title: 'OTA requests per minute, by outcome',
+        description:
+          'Requests to the xiaozhi OTA server (UPSTREAM_OTA_URL) for a device\'s WebSocket URL and token, per minute, by ' +
+          'outcome: ok; activation (the server wants the device bound first: repeated while its user holds a code); ' +
+          'http_error, malformed, no_websocket and unreachable, each ending its session with upstream_unavailable ' +
+          '(4002), except no_websocket when UPSTREAM_URL is set as the fallback. Normal: only ok and activation, about ' +
+          'one per named user per UPSTREAM_OTA_MAX_AGE_MS plus one per session of a client without a user; nothing at ' +
+          'all without UPSTREAM_OTA_URL. Failures over 20% are the VoicegwOtaFailing alert: check the OTA server and the URL.',
+        queries: [{ expr: `60 * sum by (outcome) (${rate('voicegw_ota_requests_total')})`, legend: '{{outcome}}' }],
+        stack: true,
+      }),
+      timeseries({
+        title: 'Activations: pending now, and per hour by outcome',
+        description:
+          "Sessions waiting now for their user to enter the device's 6-digit code in the voice service's console, and " +
+          'activations ended per hour: activated; timeout (no one bound the code within ACTIVATION_TIMEOUT_MS: the ' +
+          'session ended with activation_timeout, 4002); failed (the OTA server failed during the activation). Normal: ' +
+          'a few pending and activated while new users sign up (once per user), timeouts a minority (users who walk ' +
+          'away). Pending piling up with nothing activated means codes are not being bound: see VoicegwActivationsTimingOut.',
+        queries: [
+          { expr: `sum(voicegw_activations_pending${sel()})`, legend: 'pending now' },
+          { expr: `3600 * sum by (outcome) (${rate('voicegw_activations_total')})`, legend: '{{outcome}} per hour' },
+        ],
+      }),
+      timeseries({
+        title: 'Device store errors per minute, by operation',
+        description:
+          "Failed operations on the device store (PostgreSQL at DATABASE_URL, else SQLite in DATA_DIR), by operation. " +
+          "Failing to load a session's device (a read, or the write that makes a new user's device) ends that named " +
+          "user's session with upstream_unavailable (4002); failing to keep what a session learnt (its endpoint, its " +
+          'activation) is logged and the session goes on. Normal: 0 at all times; any lasting rate is the ' +
+          'VoicegwDeviceStoreErrors alert: check the database and its disk.',
+        queries: [{ expr: `60 * sum by (operation) (${rate('voicegw_store_errors_total')})`, legend: '{{operation}}' }],
       }),
     ],
   ],
@@ -428,7 +471,8 @@ const rows: [string, AnyPanel[]][] = [
         title: 'Sessions closed per minute, by close code',
         description:
           'WebSocket close codes sessions ended with: 1000 normal, 1001 going away, 1006 lost, 1009 too large, 1011 ' +
-          'internal, 1013 overloaded, 4001 no hello, 4002 upstream unavailable, 4003 too slow. Normal: mostly 1000 and 1006.',
+          'internal, 1013 overloaded, 4001 no hello, 4002 upstream unavailable (or activation timeout), 4003 too slow. ' +
+          'Normal: mostly 1000 and 1006.',
         queries: [{ expr: `60 * sum by (code) (${rate('voicegw_client_closes_total')})`, legend: '{{code}}' }],
         stack: true,
       }),
@@ -508,7 +552,7 @@ const rows: [string, AnyPanel[]][] = [
 export function voicegwDashboard(): Dashboard {
   const dashboard = new DashboardBuilder('voicegw')
     .uid('voicegw')
-    .description('voicegw, the real-time voice gateway: sessions, audio flow, latency, upstream, clients, process.')
+    .description('voicegw, the real-time voice gateway: sessions, audio flow, latency, upstream, devices, clients, process.')
     .tags(['voicegw'])
     .time({ from: 'now-1h', to: 'now' })
     .refresh('30s')

@@ -65,9 +65,9 @@ describe('the Grafana dashboard', () => {
     expect(formats.every((f) => Object.values(PromQueryFormat).includes(f))).toBe(true);
   });
 
-  it('has the six rows Overview, Latency, Flow control, Upstream, Clients and Process, each with panels, laid out on the 24-column grid without overlaps', () => {
+  it('has the seven rows Overview, Latency, Flow control, Upstream, Devices and provisioning, Clients and Process, each with panels, laid out on the 24-column grid without overlaps', () => {
     const rows = rowsOf(dashboard);
-    expect(rows.map((r) => r.title)).toEqual(['Overview', 'Latency', 'Flow control', 'Upstream', 'Clients', 'Process']);
+    expect(rows.map((r) => r.title)).toEqual(['Overview', 'Latency', 'Flow control', 'Upstream', 'Devices and provisioning', 'Clients', 'Process']);
     for (const row of rows) expect(row.panels.length, row.title).toBeGreaterThan(0);
 
     const cells = new Set<string>();
