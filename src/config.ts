@@ -74,7 +74,7 @@ export interface Config {
   logLevel: z.infer<typeof schema>['LOG_LEVEL'];
   /** Who may connect; no tokens and no JWT key means anyone, each session a device of its own. */
   clients: ClientAuth;
-  /** The xiaozhi server; absent means the embedded simulator. */
+  /** The xiaozhi server; neither `url` nor `ota.url` means the embedded simulator. */
   upstream: {
     url: string | undefined;
     token: string | undefined;
@@ -93,20 +93,19 @@ export interface Config {
      * OTA provisioning (XIAOZHI-OTA.md), as a xiaozhi device does it: the server hands each device its
      * WebSocket URL and token, and asks for activation until the device is bound to an account.
      */
-    ota:
-      | {
-          url: string;
-          timeoutMs: number;
-          /** A cached answer older than this is fetched again before the next connection. */
-          maxAgeMs: number;
-          /** 1: the `{}` activation body of boards without a serial; 2: the HMAC body over the challenge. */
-          activationVersion: 1 | 2;
-          /** How long a session waits for its user to bind the device (then `activation_timeout`, 4002). */
-          activationTimeoutMs: number;
-          /** Between `/activate` polls while the server answers 202, as the firmware's 3 s. */
-          activationPollMs: number;
-        }
-      | undefined;
+    ota: {
+      /** Absent: connect to `url` directly, as a device with a fixed server does. */
+      url: string | undefined;
+      timeoutMs: number;
+      /** A cached answer older than this is fetched again before the next connection. */
+      maxAgeMs: number;
+      /** 1: the `{}` activation body of boards without a serial; 2: the HMAC body over the challenge. */
+      activationVersion: 1 | 2;
+      /** How long a session waits for its user to bind the device (then `activation_timeout`, 4002). */
+      activationTimeoutMs: number;
+      /** Between `/activate` polls while the server answers 202, as the firmware's 3 s. */
+      activationPollMs: number;
+    };
   };
   /** Where each user's device identity is kept: PostgreSQL when DATABASE_URL is set, else SQLite in dataDir. */
   store: { dataDir: string; databaseUrl: string | undefined };
@@ -211,17 +210,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxMessageBytes: e.UPSTREAM_MAX_MESSAGE_BYTES,
       stallTimeoutMs: e.UPSTREAM_STALL_TIMEOUT_MS,
       reconnect: { attempts: e.UPSTREAM_RECONNECT_ATTEMPTS, baseMs: e.UPSTREAM_RECONNECT_BASE_MS, maxMs: e.UPSTREAM_RECONNECT_MAX_MS },
-      ota:
-        e.UPSTREAM_OTA_URL === undefined
-          ? undefined
-          : {
-              url: e.UPSTREAM_OTA_URL,
-              timeoutMs: e.UPSTREAM_OTA_TIMEOUT_MS,
-              maxAgeMs: e.UPSTREAM_OTA_MAX_AGE_MS,
-              activationVersion: e.UPSTREAM_ACTIVATION_VERSION,
-              activationTimeoutMs: e.ACTIVATION_TIMEOUT_MS,
-              activationPollMs: e.ACTIVATION_POLL_MS,
-            },
+      ota: {
+        url: e.UPSTREAM_OTA_URL,
+        timeoutMs: e.UPSTREAM_OTA_TIMEOUT_MS,
+        maxAgeMs: e.UPSTREAM_OTA_MAX_AGE_MS,
+        activationVersion: e.UPSTREAM_ACTIVATION_VERSION,
+        activationTimeoutMs: e.ACTIVATION_TIMEOUT_MS,
+        activationPollMs: e.ACTIVATION_POLL_MS,
+      },
     },
     store: { dataDir: e.DATA_DIR, databaseUrl: e.DATABASE_URL },
     workers: e.WORKERS,

@@ -2,13 +2,15 @@ import { pathToFileURL } from 'node:url';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/log.ts';
 import { createMetrics, recordInfo, type Metrics } from './observability/metrics.ts';
+import { storeNeeded, type UpstreamSource } from './identity/provisioning.ts';
+import { openDeviceStore } from './identity/store.ts';
 import { startSimulator, type Simulator } from './sim/simulator.ts';
 import { serve } from './workers/serve.ts';
 import { startWorkers, type Workers } from './workers/supervisor.ts';
 
 export interface RunningGateway {
   readonly port: number;
-  /** The embedded simulator, when no upstream URL is configured. */
+  /** The embedded simulator, when no upstream (URL or OTA URL) is configured. */
   readonly simulator: Simulator | undefined;
   /** The worker threads, with WORKERS >= 2. */
   readonly workers: Workers | undefined;
@@ -26,21 +28,38 @@ export interface RunningGateway {
  * this thread supervises them and runs the simulator.
  */
 export async function startGateway(config: Config, logger: Logger): Promise<RunningGateway> {
-  const simulator = config.upstream.url === undefined ? await startSimulator({ reply: config.sim.reply, logger: logger.child({ component: 'simulator' }) }) : undefined;
-  const upstreamUrl = config.upstream.url ?? simulator!.url;
-  if (config.upstream.deviceId !== undefined) {
+  const { upstream, sim } = config;
+  // A store that cannot be opened is an error here, at start, not at some user's first session.
+  if (storeNeeded(config) && config.workers > 1) await (await openDeviceStore(config.store)).close();
+  const embedded = upstream.url === undefined && upstream.ota.url === undefined;
+  const simulator = embedded
+    ? await startSimulator({
+        reply: sim.reply,
+        provisioning: sim.provisioning === 'off' ? undefined : { mode: sim.provisioning, authKey: sim.authKey },
+        logger: logger.child({ component: 'simulator' }),
+      })
+    : undefined;
+  const source: UpstreamSource = simulator
+    ? { url: simulator.url, otaUrl: sim.provisioning === 'off' ? undefined : simulator.otaUrl }
+    : { url: upstream.url, otaUrl: upstream.ota.url };
+  if (upstream.deviceId !== undefined) {
     logger.warn('UPSTREAM_DEVICE_ID is set: every session shares one Device-Id, so the upstream mixes their conversation memory');
   }
   const metrics = createMetrics();
   recordInfo(metrics, { maxSessions: config.limits.maxSessions, ...config.sink });
-  const clients = await (config.workers === 1 ? inThread(config, upstreamUrl, metrics, logger) : startWorkers(config, upstreamUrl, metrics, logger)).catch(
+  const clients = await (config.workers === 1 ? inThread(config, source, metrics, logger) : startWorkers(config, source, metrics, logger)).catch(
     async (error: unknown) => {
       await simulator?.close();
       throw error;
     },
   );
   logger.info(
-    { host: config.host, port: clients.port, workers: config.workers, upstream: simulator ? 'embedded simulator' : upstreamUrl },
+    {
+      host: config.host,
+      port: clients.port,
+      workers: config.workers,
+      upstream: simulator ? `embedded simulator${source.otaUrl === undefined ? '' : ` (${sim.provisioning}; console ${simulator.consoleUrl})`}` : (source.otaUrl ?? source.url),
+    },
     'voicegw listening',
   );
   return {
@@ -60,9 +79,9 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
 }
 
 /** WORKERS=1: the client path in this thread, the cheapest way. */
-async function inThread(config: Config, upstreamUrl: string, metrics: Metrics, logger: Logger) {
+async function inThread(config: Config, source: UpstreamSource, metrics: Metrics, logger: Logger) {
   const scrape = () => metrics.registry.metrics();
-  const serving = await serve({ config, upstreamUrl, metrics, logger, scrape });
+  const serving = await serve({ config, source, metrics, logger, scrape });
   return {
     port: serving.port,
     workers: undefined,

@@ -11,6 +11,7 @@ import {
   type SessionState,
 } from '../protocol/client.ts';
 import type { ServerMessage as XiaozhiMessage } from '../protocol/xiaozhi.ts';
+import type { ProvisionFault } from '../identity/ota.ts';
 import type { UpstreamErrorKind, UpstreamMessage } from '../transport/upstream.ts';
 import type { ReplyOutcome } from './session-report.ts';
 import { reconnectDelay, type Backoff } from './reconnect.ts';
@@ -29,8 +30,12 @@ export type SessionOutcome =
   | 'too_large'
   | 'upstream_unavailable'
   | 'upstream_lost'
+  | 'activation_timeout'
   | 'internal'
   | 'shutdown';
+
+/** What went wrong on the way to the upstream: its connection, or provisioning the device (OTA, store, activation). */
+export type UpstreamFault = UpstreamErrorKind | ProvisionFault;
 
 /**
  * awaiting-hello → connecting → open ⇄ reconnecting → ending → closed. `ending`: the close is queued
@@ -90,7 +95,9 @@ export type ConversationEvent =
   | { kind: 'shutdown'; graceful: boolean }
   /** What the upstream socket of connection `connection` held unsent right after a send. */
   | { kind: 'sent-up'; connection: number; unsent: number }
-  | { kind: 'upstream-failed'; connection: number; fault: UpstreamErrorKind; detail: string }
+  | { kind: 'upstream-failed'; connection: number; fault: UpstreamFault; detail: string }
+  /** The server wants the user's device bound to their account: the code to show them. */
+  | { kind: 'activation'; code: string; message: string }
   | { kind: 'upstream'; message: XiaozhiMessage; now: number }
   | { kind: 'upstream-invalid'; detail: string }
   | { kind: 'failed' };
@@ -149,7 +156,9 @@ const CLEAN_CLOSES = new Set([1000, 1001, 1005]);
 const RARE_TYPES = new Set(['system', 'alert', 'custom', 'iot']);
 
 /** What the client is told of an upstream fault, completing "the voice service …". */
-const UPSTREAM_FAULTS: Record<UpstreamErrorKind, string> = {
+const UPSTREAM_FAULTS: Record<UpstreamFault, string> = {
+  provision: "could not set up this user's device",
+  activation_timeout: 'waited in vain for the device to be activated',
   connect: 'could not be reached',
   hello_timeout: 'did not answer in time',
   bad_hello: 'answered with something that is not a xiaozhi hello',
@@ -237,6 +246,10 @@ class Turn {
       case 'upstream-failed':
         if (e.connection === s.connection) this.onUpstreamFailed(e.fault, e.detail);
         return;
+      case 'activation':
+        if (s.phase !== 'connecting' && s.phase !== 'reconnecting') return;
+        this.log('info', 'activation code sent to the client', { code: e.code });
+        return this.emit({ type: 'activation', code: e.code, message: e.message });
     }
   }
 
@@ -394,12 +407,19 @@ class Turn {
     this.log('info', 'session open', { negotiated });
   }
 
-  private onUpstreamFailed(fault: UpstreamErrorKind, detail: string): void {
+  private onUpstreamFailed(fault: UpstreamFault, detail: string): void {
     const s = this.s;
     this.count('upstream_error', fault);
     this.out.push({ c: 'disconnect' });
     // Whatever else is reported of this connection now is stale.
     s.connection++;
+    // Nobody entered the code: another attempt would only wait again.
+    if (fault === 'activation_timeout') {
+      this.log('warn', 'device not activated in time', { detail });
+      if (s.reconnecting) this.endReconnecting('failed');
+      this.error('activation_timeout', 'the device was not activated in time: enter the code in the voice service, then connect again');
+      return this.close(CloseCode.upstreamUnavailable, 'activation timeout', 'activation_timeout');
+    }
     // Clients hear what happened in the protocol's terms; addresses, library messages and the peer's
     // own words go to the log, for operators.
     if (s.phase === 'connecting') {

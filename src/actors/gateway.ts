@@ -5,6 +5,7 @@ import { LoadSampler } from '../observability/load.ts';
 import type { Metrics, RefuseReason } from '../observability/metrics.ts';
 import { CloseCode } from '../protocol/client.ts';
 import type { ClientIdentity } from '../identity/clients.ts';
+import type { Provisioner } from '../identity/provisioning.ts';
 import type { Connection, ConnectionHandler } from '../transport/client-server.ts';
 import type { Upstream, UpstreamOptions } from '../transport/upstream.ts';
 import { Actor } from './actor.ts';
@@ -22,7 +23,7 @@ export type GatewayMessage =
 
 export interface GatewayDeps {
   config: Config;
-  upstreamUrl: string;
+  provisioner: Provisioner;
   metrics: Metrics;
   logger: Logger;
   openUpstream?: (options: UpstreamOptions) => Upstream;

@@ -1,7 +1,8 @@
-import { createHash } from 'node:crypto';
 import { Subject } from 'rxjs';
 import type { Config } from '../config.ts';
 import type { ClientIdentity } from '../identity/clients.ts';
+import { ProvisionError } from '../identity/ota.ts';
+import type { Provisioner, SessionDevice } from '../identity/provisioning.ts';
 import type { Logger } from '../observability/log.ts';
 import { closeCodeLabel, type Metrics } from '../observability/metrics.ts';
 import { XIAOZHI_UPLINK_RATE } from '../protocol/audio.ts';
@@ -40,6 +41,7 @@ export type SessionMessage =
   | { kind: 'sent-up'; connection: number; unsent: number }
   /** An operator of the session's own pipelines threw: they are dead, and so is the session. */
   | { kind: 'pipeline-failed'; error: unknown }
+  | { kind: 'activation'; code: string; message: string }
   | UpstreamControl
   | UpstreamInvalid;
 
@@ -47,8 +49,8 @@ export interface SessionDeps {
   config: Config;
   /** Who the client is: its user, when authentication names one. */
   identity: ClientIdentity;
-  /** Where the upstream is; the embedded simulator's when none is configured. */
-  upstreamUrl: string;
+  /** Which device the session speaks as, and where that device connects. */
+  provisioner: Provisioner;
   metrics: Metrics;
   logger: Logger;
   openUpstream?: (options: UpstreamOptions) => Upstream;
@@ -75,6 +77,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
   private conversation: Conversation;
   private readonly settings: Settings;
   private upstream: Upstream | undefined;
+  private device: SessionDevice | undefined;
   private delivery: Delivery | undefined;
   private sink: SocketSink | undefined;
   /** Bytes held for this session, by the sink, the pacer and the upstream socket together. */
@@ -161,7 +164,7 @@ export class Session extends Actor<SessionMessage> implements Connection {
       case 'reconnect':
         return { kind: 'reconnect', now };
       case 'upstream-failed': {
-        const fault = m.error instanceof UpstreamError ? m.error.kind : 'socket';
+        const fault = m.error instanceof UpstreamError || m.error instanceof ProvisionError ? m.error.kind : 'socket';
         const detail = m.error instanceof Error ? m.error.message : String(m.error);
         return { kind: 'upstream-failed', connection: m.connection, fault, detail };
       }
@@ -263,11 +266,8 @@ export class Session extends Actor<SessionMessage> implements Connection {
     clearTimeout(this.timer);
     const { config, metrics } = this.deps;
     const open = this.deps.openUpstream ?? ((o: UpstreamOptions) => new Upstream(o));
+    this.device = this.deps.provisioner.forSession(this.deps.identity.user, this.id, this.log, (a) => this.post({ kind: 'activation', ...a }));
     this.upstream = open({
-      url: this.deps.upstreamUrl,
-      token: config.upstream.token,
-      deviceId: config.upstream.deviceId ?? deviceIdFor(this.id),
-      clientId: config.upstream.clientId ?? this.id,
       protocolVersion: config.upstream.protocolVersion,
       helloTimeoutMs: config.upstream.helloTimeoutMs,
       maxMessageBytes: config.upstream.maxMessageBytes,
@@ -307,10 +307,14 @@ export class Session extends Actor<SessionMessage> implements Connection {
     this.connect(connection);
   }
 
-  /** A fresh upstream session: at first, and on each reconnect. */
+  /** A fresh upstream session: at first, and on each reconnect; the device is provisioned first where it must be. */
   private connect(connection: number): void {
     this.connectStartedAt = performance.now();
-    this.delivery!.connect(this.upstream!.messages$, connection);
+    const upstream = this.upstream!;
+    this.delivery!.connect(
+      this.device!.dial((target) => upstream.connect(target)),
+      connection,
+    );
   }
 
   private sendUplink(audio: Buffer | 'flush' | 'reset'): void {
@@ -363,16 +367,6 @@ export class Session extends Actor<SessionMessage> implements Connection {
     this.log.info(this.report.summary(outcome, code, this.sink?.tally ?? NO_FRAMES), 'session ended');
     this.deps.onEnded(this, outcome);
   }
-}
-
-/**
- * A stable, per-session Device-Id: the upstream keys conversation memory by it, so two sessions must
- * never share one. A locally administered unicast MAC, as no real device has.
- */
-export function deviceIdFor(sessionId: string): string {
-  const bytes = createHash('sha256').update(sessionId).digest().subarray(0, 6);
-  bytes[0] = (bytes[0]! & 0xfe) | 0x02;
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
 const NO_FRAMES = { pushed: 0, dropped: 0, failed: 0 };

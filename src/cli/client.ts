@@ -72,6 +72,7 @@ async function main(): Promise<void> {
       if (m.type === 'user_text') report.userText.push(m.text ?? '');
       else if (m.type === 'assistant_text') report.assistantText.push(m.text ?? '');
       else if (m.type === 'error') process.stderr.write(`gateway error ${m.code}: ${m.message}\n`);
+      else if (m.type === 'activation') process.stdout.write(`activation code ${m.code}: ${m.message}\nwaiting until the device is bound (within --timeout)\n`);
       else if (m.type === 'state' && m.state === 'ready') {
         if (sentAt === 0 && speech !== undefined) {
           sentAt = -1;

@@ -30,6 +30,16 @@ export interface Device {
   createdAt: number;
 }
 
+/**
+ * A session's own Device-Id, for a client without a user: the upstream keys conversation memory by it,
+ * so two sessions must never share one. A locally administered unicast MAC, as no real device has.
+ */
+export function deviceIdFor(sessionId: string): string {
+  const bytes = createHash('sha256').update(sessionId).digest().subarray(0, 6);
+  bytes[0] = (bytes[0]! & 0xfe) | 0x02;
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
 /** A fresh identity, not yet known to any server. */
 export function newDevice(user: string, now = Date.now()): Device {
   const mac = randomBytes(6);

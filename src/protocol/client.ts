@@ -137,6 +137,7 @@ export type ErrorCode =
   | 'upstream_lost'
   | 'too_slow'
   | 'overloaded'
+  | 'activation_timeout'
   | 'internal';
 
 export type SessionState = 'ready' | 'listening' | 'processing' | 'speaking' | 'reconnecting';
@@ -151,6 +152,7 @@ export type ServerMessage =
   | { type: 'audio_frame'; seq: number; data: string }
   | { type: 'mcp'; payload: unknown }
   | { type: 'error'; code: ErrorCode; message: string }
+  | { type: 'activation'; code: string; message: string }
   | { type: 'pong'; id: unknown };
 
 /**

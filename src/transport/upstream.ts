@@ -10,11 +10,15 @@ import {
 } from '../protocol/xiaozhi.ts';
 import type { RawUpstream } from '../streams/events.ts';
 
-export interface UpstreamOptions {
+/** Where one connection goes and as which device: fixed, or handed out per device by an OTA server. */
+export interface UpstreamTarget {
   url: string;
   token: string | undefined;
   deviceId: string;
   clientId: string;
+}
+
+export interface UpstreamOptions {
   protocolVersion: ProtocolVersion;
   helloTimeoutMs: number;
   maxMessageBytes: number;
@@ -41,22 +45,25 @@ export class UpstreamError extends Error {
 export type UpstreamMessage = DeviceMessage extends infer M ? (M extends { session_id: string } ? Omit<M, 'session_id'> : never) : never;
 
 /**
- * One xiaozhi device session with a server. `messages$` is cold: each subscription opens a WebSocket
- * with the xiaozhi upgrade headers, sends the device hello, and emits the server's hello (raw, like
- * every message after it) once it is acceptable. It errors with an UpstreamError when the server is
- * unreachable, does not answer hello in time, answers wrongly, or closes; unsubscribing closes the socket.
+ * One xiaozhi device session with a server, over one connection at a time. `connect(target)` is cold:
+ * each subscription opens a WebSocket with the xiaozhi upgrade headers, sends the device hello, and emits
+ * the server's hello (raw, like every message after it) once it is acceptable. It errors with an
+ * UpstreamError when the server is unreachable, does not answer hello in time, answers wrongly, or
+ * closes; unsubscribing closes the socket.
  */
 export class Upstream {
-  readonly messages$: Observable<RawUpstream>;
   private socket: WebSocket | undefined;
   private serverSessionId = '';
 
-  constructor(private readonly options: UpstreamOptions) {
-    this.messages$ = new Observable<RawUpstream>((subscriber) => {
+  constructor(private readonly options: UpstreamOptions) {}
+
+  connect(target: UpstreamTarget): Observable<RawUpstream> {
+    return new Observable<RawUpstream>((subscriber) => {
       const o = this.options;
-      const headers: Record<string, string> = { 'Protocol-Version': String(o.protocolVersion), 'Device-Id': o.deviceId, 'Client-Id': o.clientId };
-      if (o.token !== undefined) headers.Authorization = `Bearer ${o.token}`;
-      const socket = new WebSocket(o.url, { headers, perMessageDeflate: false, maxPayload: o.maxMessageBytes, handshakeTimeout: o.helloTimeoutMs });
+      const headers: Record<string, string> = { 'Protocol-Version': String(o.protocolVersion), 'Device-Id': target.deviceId, 'Client-Id': target.clientId };
+      // As the firmware: "Bearer " unless the token already names its scheme.
+      if (target.token !== undefined) headers.Authorization = target.token.includes(' ') ? target.token : `Bearer ${target.token}`;
+      const socket = new WebSocket(target.url, { headers, perMessageDeflate: false, maxPayload: o.maxMessageBytes, handshakeTimeout: o.helloTimeoutMs });
       let helloDone = false;
       const fail = (kind: UpstreamErrorKind, message: string) => {
         if (!subscriber.closed) subscriber.error(new UpstreamError(kind, message));

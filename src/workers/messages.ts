@@ -1,5 +1,6 @@
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { Config } from '../config.ts';
+import type { UpstreamSource } from '../identity/provisioning.ts';
 
 // What the main thread and a worker thread say to each other over the worker's MessagePort.
 
@@ -11,7 +12,7 @@ export interface WorkerInit {
   index: number;
   /** The gateway's config with this worker's port and share of MAX_SESSIONS. */
   config: Config;
-  upstreamUrl: string;
+  source: UpstreamSource;
   /** The main thread's logger: its level and bindings, so that a worker's lines read like its own. */
   log: { level: string; bindings: Record<string, unknown> };
   /** Readiness flags, one per worker (readiness.ts). */

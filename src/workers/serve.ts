@@ -4,6 +4,8 @@ import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { CloseCode } from '../protocol/client.ts';
 import { clientAuthenticator } from '../identity/clients.ts';
+import { Provisioner, storeNeeded, type UpstreamSource } from '../identity/provisioning.ts';
+import { openDeviceStore } from '../identity/store.ts';
 import { startClientServer, type Scrape } from '../transport/client-server.ts';
 
 /** The client path of one thread: a gateway actor and the uWS server in front of it. */
@@ -20,7 +22,7 @@ export interface Serving {
 
 export interface ServeOptions {
   config: Config;
-  upstreamUrl: string;
+  source: UpstreamSource;
   metrics: Metrics;
   logger: Logger;
   scrape: Scrape;
@@ -29,8 +31,9 @@ export interface ServeOptions {
 }
 
 /** The main thread runs one with WORKERS=1; otherwise each worker thread runs its own. */
-export async function serve({ config, upstreamUrl, metrics, logger, scrape, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
-  const gateway = new Gateway({ config, upstreamUrl, metrics, logger });
+export async function serve({ config, source, metrics, logger, scrape, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
+  const store = storeNeeded(config) ? await openDeviceStore(config.store) : undefined;
+  const gateway = new Gateway({ config, provisioner: new Provisioner(config, source, store, metrics), metrics, logger });
   const handler = {
     open: gateway.open.bind(gateway),
     get accepting() {
@@ -45,10 +48,12 @@ export async function serve({ config, upstreamUrl, metrics, logger, scrape, read
     stop: () => {
       gateway.post({ kind: 'stop' });
       shut();
+      void store?.close();
     },
     drain: async (deadlineMs) => {
       await gateway.drain(deadlineMs);
       shut();
+      await store?.close();
     },
     abandon: (code, reason) => server.closeAll(code, reason),
   };

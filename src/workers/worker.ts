@@ -14,7 +14,7 @@ const READY_REFRESH_MS = 100;
 const SCRAPE_TIMEOUT_MS = 5000;
 
 const port = parentPort!;
-const { index, config, upstreamUrl, log, ready } = workerData as WorkerInit;
+const { index, config, source, log, ready } = workerData as WorkerInit;
 const post = (message: FromWorker) => port.postMessage(message);
 const logger = workerLogger(port, index, log);
 const metrics = createMetrics({ defaultMetrics: false });
@@ -35,7 +35,7 @@ process.on('unhandledRejection', crashed);
 
 serving = await serve({
   config,
-  upstreamUrl,
+  source,
   metrics,
   logger,
   scrape: () => scrapes.ask((id) => post({ kind: 'scrape', id })),

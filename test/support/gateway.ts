@@ -1,4 +1,7 @@
 import { once } from 'node:events';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer } from 'node:net';
 import opus from '@discordjs/opus';
 import { expect } from 'vitest';
@@ -10,14 +13,18 @@ import { startSimulator, type Simulator, type SimulatorOptions } from '../../src
 
 export type TestGateway = RunningGateway & { url: string; config: Config };
 
+let testDataDir: string | undefined;
+
 /**
  * The environment of a gateway under test: a loopback ephemeral port, and WORKERS as the test run says
  * (vitest.config.ts runs the integration tests with WORKERS=1 and WORKERS=2), one thread when unset.
  */
 export function testEnv(env: Record<string, string> = {}): Record<string, string> {
+  // A gateway whose clients are named users keeps their devices in DATA_DIR: never the checkout's own.
+  testDataDir ??= mkdtempSync(join(tmpdir(), 'voicegw-test-data-'));
   // Test files run side by side on few cores, so a test's own event loop can lag for reasons of its
   // neighbours': admission by load stays out of the way unless a test is about it.
-  return { HOST: '127.0.0.1', PORT: '0', WORKERS: process.env.WORKERS ?? '1', ADMISSION_MAX_LAG_MS: '10000', ADMISSION_MAX_LATENESS_MS: '10000', ...env };
+  return { HOST: '127.0.0.1', PORT: '0', DATA_DIR: testDataDir, WORKERS: process.env.WORKERS ?? '1', ADMISSION_MAX_LAG_MS: '10000', ADMISSION_MAX_LATENESS_MS: '10000', ...env };
 }
 
 /** A real gateway on an ephemeral loopback port, with the embedded simulator unless UPSTREAM_URL is given. */

@@ -27,7 +27,7 @@ const DEFAULTS: Config = {
     maxMessageBytes: 1024 * 1024,
     stallTimeoutMs: 15_000,
     reconnect: { attempts: 5, baseMs: 250, maxMs: 5000 },
-    ota: undefined,
+    ota: { url: undefined, timeoutMs: 10_000, maxAgeMs: 3_600_000, activationVersion: 1, activationTimeoutMs: 300_000, activationPollMs: 3000 },
   },
   store: { dataDir: 'data', databaseUrl: undefined },
   workers: availableParallelism(),

@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { config as rxConfig, Observable, type Subscriber } from 'rxjs';
 import { Session, type SessionMessage, type SessionOutcome, type SessionSocket } from '../../src/actors/session.ts';
 import { loadConfig, type Config } from '../../src/config.ts';
+import { Provisioner } from '../../src/identity/provisioning.ts';
 import { silentLogger } from '../../src/observability/log.ts';
 import { createMetrics, type Metrics } from '../../src/observability/metrics.ts';
 import { DOWNLINK_RATES, UPLINK_FRAME_MS } from '../../src/protocol/client.ts';
@@ -77,7 +78,9 @@ class FakeUpstream {
   readonly sent: string[] = [];
   audioSent = 0;
 
-  readonly messages$ = new Observable<RawUpstream>((subscriber) => {
+  readonly connect = () => this.messages$;
+
+  private readonly messages$ = new Observable<RawUpstream>((subscriber) => {
     this.subscriber = subscriber;
     this.helloDone = false;
     this.subscriptions++;
@@ -165,7 +168,7 @@ function harness(settings: Settings) {
     socket,
     {
       config,
-      upstreamUrl: 'ws://unused',
+      provisioner: new Provisioner(config, { url: 'ws://unused', otaUrl: undefined }, undefined, metrics),
       identity: { user: undefined },
       metrics,
       logger: silentLogger,
