@@ -9,7 +9,7 @@ import { defineConfig } from 'vitest/config';
 const EVERY_CORE =
   process.env.TEST_EVERY_CORE === 'all'
     ? ['test/integration/**/*.test.ts']
-    : ['draining', 'session-log', 'memory-budget', 'admission', 'native-uws', 'client-identity'].map((f) => `test/integration/${f}.test.ts`);
+    : ['draining', 'session-log', 'memory-budget', 'admission', 'native-uws', 'client-identity', 'provisioning'].map((f) => `test/integration/${f}.test.ts`);
 
 export default defineConfig({
   test: {

@@ -248,7 +248,8 @@ class Turn {
         return;
       case 'activation':
         if (s.phase !== 'connecting' && s.phase !== 'reconnecting') return;
-        this.log('info', 'activation code sent to the client', { code: e.code });
+        // Not the code itself: whoever reads the logs could bind the user's device to their own account.
+        this.log('info', 'activation code sent to the client');
         return this.emit({ type: 'activation', code: e.code, message: e.message });
     }
   }

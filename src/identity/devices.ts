@@ -35,17 +35,17 @@ export interface Device {
  * so two sessions must never share one. A locally administered unicast MAC, as no real device has.
  */
 export function deviceIdFor(sessionId: string): string {
-  const bytes = createHash('sha256').update(sessionId).digest().subarray(0, 6);
+  return macOf(createHash('sha256').update(sessionId).digest().subarray(0, 6));
+}
+
+/** Locally administered (bit 1) and unicast (bit 0 clear): never a real vendor's address. */
+function macOf(bytes: Buffer): string {
   bytes[0] = (bytes[0]! & 0xfe) | 0x02;
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
-/** A fresh identity, not yet known to any server. */
-export function newDevice(user: string, now = Date.now()): Device {
-  const mac = randomBytes(6);
-  // Locally administered (bit 1) and unicast (bit 0 clear): never a real vendor's address.
-  mac[0] = (mac[0]! & 0xfe) | 0x02;
-  const deviceId = Array.from(mac, (b) => b.toString(16).padStart(2, '0')).join(':');
+/** A fresh identity, not yet known to any server; `deviceId` when the MAC is decided elsewhere. */
+export function newDevice(user: string, deviceId = macOf(randomBytes(6)), now = Date.now()): Device {
   const bare = deviceId.replaceAll(':', '');
   return {
     user,

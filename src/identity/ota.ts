@@ -28,7 +28,10 @@ export interface OtaSettings {
 }
 
 /** 200: bound. 202: the user has not entered the code yet. Anything else: the firmware logs it and tries again later. */
-export type ActivateResult = 'activated' | 'waiting' | 'failed';
+export type ActivateResult = 'activated' | 'waiting' | { failed: string };
+
+/** Far more than any OTA answer: a server streaming more is broken, and is not read to the end. */
+const MAX_ANSWER_BYTES = 64 * 1024;
 
 export class OtaClient {
   constructor(
@@ -39,7 +42,8 @@ export class OtaClient {
   async check(device: OtaDevice, signal: AbortSignal): Promise<OtaAnswer> {
     const { url } = this.settings;
     const body = await this.post(url, device, otaBody(device, VERSION), signal).catch((error: unknown) => {
-      this.metrics.otaRequests.labels('unreachable').inc();
+      // A session that ended mid-request is nobody's failure.
+      if (!signal.aborted) this.metrics.otaRequests.labels(error instanceof OversizedAnswer ? 'malformed' : 'unreachable').inc();
       throw error;
     });
     if (body.status !== 200) {
@@ -60,13 +64,17 @@ export class OtaClient {
 
   async activate(device: OtaDevice, challenge: string, signal: AbortSignal): Promise<ActivateResult> {
     const body = activationBody(device, challenge, this.settings.activationVersion);
-    const answer = await this.post(activateUrl(this.settings.url), device, body, signal).catch((error: unknown) => {
+    try {
+      const answer = await this.post(activateUrl(this.settings.url), device, body, signal);
+      if (answer.status === 200) return 'activated';
+      if (answer.status === 202) return 'waiting';
+      this.metrics.otaRequests.labels('activate_error').inc();
+      return { failed: `/activate answered HTTP ${answer.status}: ${answer.text.slice(0, 120)}` };
+    } catch (error) {
       if (signal.aborted) throw error;
-      return undefined;
-    });
-    if (answer?.status === 200) return 'activated';
-    if (answer?.status === 202) return 'waiting';
-    return 'failed';
+      this.metrics.otaRequests.labels('activate_error').inc();
+      return { failed: error instanceof Error ? error.message : String(error) };
+    }
   }
 
   private async post(url: string, device: OtaDevice, body: object, signal: AbortSignal): Promise<{ status: number; text: string }> {
@@ -78,11 +86,32 @@ export class OtaClient {
         body: JSON.stringify(body),
         signal: AbortSignal.any([signal, timeout]),
       });
-      return { status: response.status, text: await response.text() };
+      return { status: response.status, text: await readCapped(response) };
     } catch (error) {
-      if (signal.aborted) throw error;
+      if (signal.aborted || error instanceof OversizedAnswer) throw error;
       const why = timeout.aborted ? `no answer within ${this.settings.timeoutMs} ms` : error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error);
       throw new ProvisionError('provision', `the OTA server at ${url} could not be reached: ${why}`, { cause: error });
     }
   }
+}
+
+class OversizedAnswer extends ProvisionError {
+  constructor(message: string) {
+    super('provision', message);
+  }
+}
+
+/** The body as text, or an OversizedAnswer past MAX_ANSWER_BYTES. */
+async function readCapped(response: Response): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  for await (const chunk of response.body ?? []) {
+    bytes += chunk.byteLength;
+    if (bytes > MAX_ANSWER_BYTES) {
+      await response.body?.cancel();
+      throw new OversizedAnswer(`the OTA answer is over ${MAX_ANSWER_BYTES} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }

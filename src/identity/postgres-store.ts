@@ -10,7 +10,8 @@ const MIGRATION_LOCK = 0x766f6963;
 
 export async function openPostgresStore(url: string): Promise<DeviceStore> {
   const where = withoutPassword(url);
-  const pool = new pg.Pool({ connectionString: url, max: 4, connectionTimeoutMillis: 5000 });
+  // A server that stops answering must fail the sessions waiting on it, not hold them forever.
+  const pool = new pg.Pool({ connectionString: url, max: 4, connectionTimeoutMillis: 5000, query_timeout: 5000, keepAlive: true });
   // A broken idle connection (the server restarted) is reported here; unheard, it would end the process.
   // The pool has already dropped that client: the next query connects afresh, or fails as a StoreError.
   pool.on('error', () => {});

@@ -35,6 +35,11 @@ export interface Activation {
   message: string;
 }
 
+/** /activate polls per round before the OTA request is made again, as the firmware. */
+const ACTIVATE_POLLS = 10;
+/** After a poll the server refused, the firmware waits 10 s where it waits 3 s after a 202. */
+const FAILED_POLL_BACKOFF = 3;
+
 interface Resolved {
   target: UpstreamTarget;
   /** From an earlier OTA answer: a refusal at the handshake is worth asking the OTA server again. */
@@ -59,16 +64,16 @@ export class Provisioner {
     return new SessionDevice(this, user, sessionId, log, onActivation);
   }
 
-  /** Whether the user's device is kept in the store; otherwise the session is a device of its own (or UPSTREAM_DEVICE_ID's). */
+  /** Whether the user's device is kept in the store (storeNeeded); otherwise the session is a device of its own, or UPSTREAM_DEVICE_ID's. */
   stored(user: string | undefined): user is string {
-    return this.store !== undefined && user !== undefined && this.config.upstream.deviceId === undefined;
+    return this.store !== undefined && user !== undefined;
   }
 
-  /** The session's device: read once per session (the store is not on any per-connection path). */
+  /** The session's device: read once per session; later connections write to the store at most. */
   async device(user: string | undefined, sessionId: string): Promise<Device> {
     if (!this.stored(user)) {
       const { deviceId, clientId } = this.config.upstream;
-      return { ...newDevice(user ?? sessionId), deviceId: deviceId ?? deviceIdFor(sessionId), clientId: clientId ?? sessionId };
+      return { ...newDevice(user ?? sessionId, deviceId ?? deviceIdFor(sessionId)), clientId: clientId ?? sessionId };
     }
     try {
       return await this.store!.deviceFor(user);
@@ -96,7 +101,7 @@ export class Provisioner {
     const websocket = answer.websocket ?? (this.source.url === undefined ? undefined : { url: this.source.url, token });
     if (websocket === undefined) throw new ProvisionError('provision', 'the OTA answer has no websocket section (the server offers only MQTT)');
     device.endpoint = { ...websocket, fetchedAt: Date.now() };
-    if (stored) await this.keep(() => this.store!.saveEndpoint(device.user, device.deviceId, device.endpoint!), log);
+    if (stored) void this.keep(() => this.store!.saveEndpoint(device.user, device.deviceId, device.endpoint!), log);
     return { target: { ...websocket, ...ids }, cached: false };
   }
 
@@ -108,10 +113,10 @@ export class Provisioner {
 
     const { activationTimeoutMs, activationPollMs } = this.config.upstream.ota;
     const deadline = Date.now() + activationTimeoutMs;
-    const wait = async (): Promise<void> => {
+    const wait = async (ms = activationPollMs): Promise<void> => {
       const left = deadline - Date.now();
       if (left <= 0) throw new ProvisionError('activation_timeout', `the device was not activated within ${activationTimeoutMs} ms`);
-      await sleep(Math.min(activationPollMs, left), undefined, { signal });
+      await sleep(Math.min(ms, left), undefined, { signal });
     };
     this.metrics.activationsPending.inc();
     let shown: string | undefined;
@@ -123,15 +128,21 @@ export class Provisioner {
           log.info({ deviceId: device.deviceId }, 'device awaits activation: the client was given the code');
           onActivation({ code, message: message ?? '' });
         }
-        // Without a challenge there is nothing to prove: the server drops `activation` once the user has bound the device.
+        // Without a challenge there is nothing to prove: the server drops `activation` once the user has
+        // bound the device. With one, as the firmware: ten polls, then the OTA request again, which may
+        // bring a new code.
         let bound = false;
-        if (challenge !== undefined) {
-          let result;
-          while ((result = await ota.activate(device, challenge, signal)) === 'waiting') await wait();
-          bound = result === 'activated';
+        if (challenge === undefined) await wait();
+        for (let poll = 0; challenge !== undefined && poll < ACTIVATE_POLLS && !bound; poll++) {
+          const result = await ota.activate(device, challenge, signal);
+          if (result === 'activated') bound = true;
+          else if (result === 'waiting') await wait();
+          else {
+            log.warn({ detail: result.failed }, 'activation poll failed: trying again later');
+            await wait(activationPollMs * FAILED_POLL_BACKOFF);
+          }
         }
-        if (!bound) await wait();
-        answer = await ota.check(device, signal);
+        answer = await this.checkAgain(device, signal, log, () => wait(activationPollMs * FAILED_POLL_BACKOFF));
         if (answer.activation === undefined) break;
         // Bound, says /activate, yet the answer still asks: a new round, but not at once.
         if (bound) await wait();
@@ -145,8 +156,21 @@ export class Provisioner {
     this.metrics.activations.labels('activated').inc();
     log.info({ deviceId: device.deviceId }, 'device activated');
     device.activatedAt = Date.now();
-    if (stored) await this.keep(() => this.store!.markActivated(device.user, device.deviceId, device.activatedAt!), log);
+    if (stored) void this.keep(() => this.store!.markActivated(device.user, device.deviceId, device.activatedAt!), log);
     return answer;
+  }
+
+  /** The OTA request during activation: a failure is waited out, as the firmware does, until the deadline. */
+  private async checkAgain(device: Device, signal: AbortSignal, log: Logger, wait: () => Promise<void>): Promise<OtaAnswer> {
+    for (;;) {
+      try {
+        return await this.ota!.check(device, signal);
+      } catch (error) {
+        if (!(error instanceof ProvisionError)) throw error;
+        log.warn({ detail: error.message }, 'OTA request failed during activation: trying again');
+        await wait();
+      }
+    }
   }
 
   /** A write that only saves work next time: its failure is counted and logged, and the session goes on. */
@@ -222,7 +246,11 @@ export class SessionDevice {
   }
 }
 
-/** The server would not have this device's token: it failed the upgrade, or answered it with something other than a hello (S sends "认证失败"). */
+/**
+ * The server would not have this device's token: it refused the upgrade (401, 403), or answered it with
+ * something other than a hello (S sends "认证失败"). A server that is down is not worth an OTA request.
+ */
 function refusedAtHandshake(error: unknown): error is UpstreamError {
-  return error instanceof UpstreamError && (error.kind === 'connect' || error.kind === 'bad_hello');
+  if (!(error instanceof UpstreamError)) return false;
+  return error.kind === 'bad_hello' || (error.kind === 'connect' && /Unexpected server response: 40[13]\b/.test(error.message));
 }

@@ -6,9 +6,10 @@ import { MIGRATIONS, SCHEMA_VERSION_TABLE, toDevice, type DeviceRow } from './mi
 
 // SQLite in DATA_DIR, for one instance. Each worker thread opens its own connection to the file: WAL
 // lets them read while one writes, and busy_timeout makes a writer wait its turn rather than fail.
-// better-sqlite3 is synchronous; a write waits at most BUSY_TIMEOUT_MS, and writes are rare (a new
-// user, a new OTA answer).
-const BUSY_TIMEOUT_MS = 5000;
+// better-sqlite3 is synchronous: a waiting writer stalls its whole thread, audio included, so the wait
+// is short. Writes are rare (a new user, a new OTA answer), and a write that fails only costs an OTA
+// request next time.
+const BUSY_TIMEOUT_MS = 200;
 
 export function openSqliteStore(file: string): DeviceStore {
   let db: Database.Database;

@@ -27,7 +27,7 @@ export type DropReason = (typeof DROP_REASONS)[number];
 export type FailReason = (typeof FAIL_REASONS)[number];
 const REFUSE_REASONS = ['capacity', 'load', 'draining'] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
-const OTA_OUTCOMES = ['ok', 'activation', 'http_error', 'malformed', 'no_websocket', 'unreachable'] as const;
+const OTA_OUTCOMES = ['ok', 'activation', 'http_error', 'malformed', 'no_websocket', 'unreachable', 'activate_error'] as const;
 export type OtaOutcome = (typeof OTA_OUTCOMES)[number];
 const ACTIVATION_OUTCOMES = ['activated', 'timeout', 'failed'] as const;
 export type ActivationOutcome = (typeof ACTIVATION_OUTCOMES)[number];
@@ -344,7 +344,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     }),
     otaRequests: new Counter({
       name: 'voicegw_ota_requests_total',
-      help: 'OTA requests to the xiaozhi server, by outcome: ok, activation (the answer asks for it), http_error, malformed, no_websocket, unreachable',
+      help: 'OTA requests to the xiaozhi server, by outcome: ok, activation (the answer asks for it), http_error, malformed, no_websocket, unreachable; and /activate polls answered with neither 200 nor 202 (activate_error)',
       labelNames: ['outcome'] as const,
       registers,
     }),

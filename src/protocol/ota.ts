@@ -13,11 +13,13 @@ export interface OtaDevice {
 }
 
 export interface OtaAnswer {
-  /** Where and how to connect; absent when the server offers only MQTT (which the gateway does not speak). */
+  /**
+   * Where and how to connect; absent when the server offers only MQTT (which the gateway does not speak).
+   * Its `version` is not taken: the framing is UPSTREAM_PROTOCOL_VERSION's, which the operator chose for the server.
+   */
   websocket: { url: string; token: string | undefined } | undefined;
   /** While present, the server wants the device bound to an account before it will converse. */
   activation: { code: string | undefined; message: string | undefined; challenge: string | undefined } | undefined;
-  mqtt: boolean;
 }
 
 export type OtaParse = { ok: true; answer: OtaAnswer } | { ok: false; detail: string };
@@ -97,5 +99,6 @@ export function parseOtaAnswer(body: string): OtaParse {
   // The firmware's rule: activation goes on while the section carries a code or a challenge.
   const a = json.activation;
   const activation = isObject(a) && (typeof a.code === 'string' || typeof a.challenge === 'string') ? { code: text(a.code), message: text(a.message), challenge: text(a.challenge) } : undefined;
-  return { ok: true, answer: { websocket, activation, mqtt: isObject(json.mqtt) } };
+  // `mqtt` is never taken: the firmware prefers it when present, but the gateway speaks WebSocket only.
+  return { ok: true, answer: { websocket, activation } };
 }

@@ -121,6 +121,8 @@ export function bindPromptText(code: string | undefined): string {
   return `Please log in to the control panel and enter ${code} to bind this device.`;
 }
 
+const MAX_KEPT_REQUESTS = 10_000;
+
 export class Provisioning {
   fault: OtaFault | undefined;
   /** Every OTA and /activate request, in order. */
@@ -150,7 +152,8 @@ export class Provisioning {
     const path = req.path.replace(/\/+$/, '');
     if (path === '/console' || path.startsWith('/console/')) return this.console(path, req.method);
     if (path !== '/xiaozhi/ota' && path !== '/xiaozhi/ota/activate') return undefined;
-    this.requests.push(req);
+    // A long-running simulator keeps the latest only.
+    if (this.requests.push(req) > MAX_KEPT_REQUESTS) this.requests.shift();
     if (this.fault === 'timeout') return 'hold';
     if (this.fault === 'http_error') return { status: 500, body: 'Internal Server Error' };
     if (path === '/xiaozhi/ota/activate') {

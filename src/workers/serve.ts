@@ -33,6 +33,8 @@ export interface ServeOptions {
 /** The main thread runs one with WORKERS=1; otherwise each worker thread runs its own. */
 export async function serve({ config, source, metrics, logger, scrape, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
   const store = storeNeeded(config) ? await openDeviceStore(config.store) : undefined;
+  // Its failure to close is the operator's to know, never a crash of the thread going down.
+  const closeStore = () => store?.close().catch((error: unknown) => logger.warn({ err: error }, 'device store did not close cleanly'));
   const gateway = new Gateway({ config, provisioner: new Provisioner(config, source, store, metrics), metrics, logger });
   const handler = {
     open: gateway.open.bind(gateway),
@@ -40,7 +42,10 @@ export async function serve({ config, source, metrics, logger, scrape, ready = (
       return ready(gateway.accepting);
     },
   };
-  const server = await startClientServer(handler, clientAuthenticator(config.clients), config, scrape, logger);
+  const server = await startClientServer(handler, clientAuthenticator(config.clients), config, scrape, logger).catch(async (error: unknown) => {
+    await closeStore();
+    throw error;
+  });
   const shut = () => server.closeAll(CloseCode.goingAway, 'gateway shutting down');
   return {
     port: server.port,
@@ -48,12 +53,15 @@ export async function serve({ config, source, metrics, logger, scrape, ready = (
     stop: () => {
       gateway.post({ kind: 'stop' });
       shut();
-      void store?.close();
+      void closeStore();
     },
     drain: async (deadlineMs) => {
-      await gateway.drain(deadlineMs);
-      shut();
-      await store?.close();
+      try {
+        await gateway.drain(deadlineMs);
+        shut();
+      } finally {
+        await closeStore();
+      }
     },
     abandon: (code, reason) => server.closeAll(code, reason),
   };

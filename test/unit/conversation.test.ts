@@ -67,7 +67,7 @@ const garbled = (parsed: ClientParse & { ok: false }, now = T): ConversationEven
 const heard = (message: XiaozhiMessage, now = T): ConversationEvent => ({ kind: 'upstream', message, now });
 const audio = (bytes: number[], now = T): ConversationEvent => ({ kind: 'client-audio', data: Buffer.from(bytes), now });
 const tick = (now: number, audioAt = 0, unsent = 0, clientAudioAt = 0): ConversationEvent => ({ kind: 'tick', now, audioAt, clientAudioAt, unsent });
-const failed = (connection: number, fault: 'connect' | 'closed' | 'socket' = 'closed', detail = 'ECONNRESET 10.1.2.3:8000'): ConversationEvent => ({
+const failed = (connection: number, fault: 'connect' | 'closed' | 'socket' | 'provision' | 'activation_timeout' = 'closed', detail = 'ECONNRESET 10.1.2.3:8000'): ConversationEvent => ({
   kind: 'upstream-failed',
   connection,
   fault,
@@ -706,6 +706,46 @@ describe('decide: upstream failures', () => {
       ],
     },
     {
+      name: "while connecting, the device could not be provisioned (OTA or store): upstream_unavailable, close 4002",
+      given: CONNECTING,
+      event: failed(1, 'provision'),
+      then: { phase: 'ending', state: 'ready', endingOutcome: 'upstream_unavailable', connection: 2 },
+      commands: [
+        count('upstream_error', 'provision'),
+        { c: 'disconnect' },
+        log('warn', 'upstream unavailable'),
+        error('upstream_unavailable'),
+        close(CloseCode.upstreamUnavailable, 'upstream unavailable'),
+      ],
+    },
+    {
+      name: 'while connecting, nobody entered the activation code in time: activation_timeout, close 4002',
+      given: CONNECTING,
+      event: failed(1, 'activation_timeout'),
+      then: { phase: 'ending', state: 'ready', endingOutcome: 'activation_timeout', connection: 2 },
+      commands: [
+        count('upstream_error', 'activation_timeout'),
+        { c: 'disconnect' },
+        log('warn', 'device not activated in time'),
+        error('activation_timeout'),
+        close(CloseCode.upstreamUnavailable, 'activation timeout'),
+      ],
+    },
+    {
+      name: 'while reconnecting, the activation timed out: no further attempt, the episode counted as failed',
+      given: RECONNECTING,
+      event: failed(3, 'activation_timeout'),
+      then: { phase: 'ending', state: 'reconnecting', reconnecting: false, endingOutcome: 'activation_timeout', connection: 4 },
+      commands: [
+        count('upstream_error', 'activation_timeout'),
+        { c: 'disconnect' },
+        log('warn', 'device not activated in time'),
+        count('reconnect', 'failed'),
+        error('activation_timeout'),
+        close(CloseCode.upstreamUnavailable, 'activation timeout'),
+      ],
+    },
+    {
       name: 'while open mid-reply: upstream_lost, the reply ends, reconnecting, the first reconnect in baseMs',
       given: SPEAKING,
       event: failed(1, 'closed'),
@@ -859,6 +899,29 @@ describe('decide: upstream failures', () => {
     expect(commands[1]).not.toContainEqual(close(CloseCode.upstreamUnavailable, 'upstream lost'));
     expect(state.phase).toBe('reconnecting');
   });
+});
+
+describe('decide: activation', () => {
+  const activation: ConversationEvent = { kind: 'activation', code: '123456', message: 'enter it at the console' };
+
+  it.each<Row>([
+    {
+      name: 'while connecting: the code goes to the client, before its hello',
+      given: CONNECTING,
+      event: activation,
+      then: { phase: 'connecting', state: 'ready' },
+      commands: [log('info', 'activation code sent to the client'), send({ type: 'activation', code: '123456', message: 'enter it at the console' })],
+    },
+    {
+      name: 'while reconnecting: the code goes to the client too',
+      given: RECONNECTING,
+      event: activation,
+      then: { phase: 'reconnecting', state: 'reconnecting' },
+      commands: [log('info', 'activation code sent to the client'), send({ type: 'activation', code: '123456', message: 'enter it at the console' })],
+    },
+    { name: 'while open: stale, ignored', given: OPEN, event: activation, then: { phase: 'open', state: 'ready' }, commands: [] },
+    { name: 'while ending: ignored', given: ENDING, event: activation, then: { phase: 'ending', state: 'ready' }, commands: [] },
+  ])('$name', check);
 });
 
 describe('decide: ticks', () => {

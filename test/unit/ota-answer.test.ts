@@ -19,7 +19,7 @@ describe('parseOtaAnswer', () => {
     };
     expect(parseOtaAnswer(JSON.stringify(cloud))).toEqual({
       ok: true,
-      answer: { websocket: { url: 'wss://api.tenclass.net/xiaozhi/v1/', token: 'test-token' }, activation: undefined, mqtt: true },
+      answer: { websocket: { url: 'wss://api.tenclass.net/xiaozhi/v1/', token: 'test-token' }, activation: undefined },
     });
   });
 
@@ -39,7 +39,7 @@ describe('parseOtaAnswer', () => {
 
   it('reports an answer with only MQTT as having no websocket section', () => {
     const parsed = parseOtaAnswer(JSON.stringify({ mqtt: { endpoint: 'm' } }));
-    expect(parsed).toEqual({ ok: true, answer: { websocket: undefined, activation: undefined, mqtt: true } });
+    expect(parsed).toEqual({ ok: true, answer: { websocket: undefined, activation: undefined } });
   });
 
   it.each([
