@@ -21,6 +21,19 @@ export default defineConfig({
     projects: [
       { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts', 'test/operations/**/*.test.ts'] } },
       { extends: true, test: { name: 'integration', include: ['test/integration/**/*.test.ts'], env: { WORKERS: '1' } } },
+      // A real Chromium (Debian's) against a real gateway: one file at a time, audio runs in real time.
+      {
+        extends: true,
+        test: {
+          name: 'browser',
+          include: ['test/browser/**/*.test.ts'],
+          env: { WORKERS: '1' },
+          testTimeout: 60_000,
+          hookTimeout: 60_000,
+          // After the other projects, so that real-time audio does not compete with them for the cores.
+          sequence: { groupOrder: 1 },
+        },
+      },
       {
         extends: true,
         test: { name: 'integration (WORKERS=2)', include: EVERY_CORE, exclude: ['test/integration/workers.test.ts'], env: { WORKERS: '2' } },

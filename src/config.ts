@@ -63,6 +63,10 @@ const schema = z.object({
   SESSION_BUFFER_BYTES: int(256 * 1024, 16 * 1024, 256 * 1024 * 1024),
   SLOW_CLIENT_POLICY: z.enum(['drop-oldest', 'close']).default('drop-oldest'),
 
+  WEB_ENABLED: z
+    .enum(['true', 'false'])
+    .default('true')
+    .transform((v) => v === 'true'),
   SIM_REPLY: z.enum(['speech', 'echo']).default('speech'),
   SIM_PROVISIONING: z.enum(['off', 'single-module', 'manager', 'cloud']).default('off'),
   SIM_AUTH_KEY: optionalText,
@@ -109,6 +113,8 @@ export interface Config {
   };
   /** Where each user's device identity is kept: PostgreSQL when DATABASE_URL is set, else SQLite in dataDir. */
   store: { dataDir: string; databaseUrl: string | undefined };
+  /** Whether GET / serves the browser client (web/). */
+  webEnabled: boolean;
   /** Threads serving clients, one uWS App each on the same port; a session lives wholly in one. */
   workers: number;
   limits: {
@@ -220,6 +226,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       },
     },
     store: { dataDir: e.DATA_DIR, databaseUrl: e.DATABASE_URL },
+    webEnabled: e.WEB_ENABLED,
     workers: e.WORKERS,
     limits: {
       maxSessions: e.MAX_SESSIONS,

@@ -5,6 +5,7 @@ import { createMetrics, recordInfo, type Metrics } from './observability/metrics
 import { storeNeeded, type UpstreamSource } from './identity/provisioning.ts';
 import { openDeviceStore } from './identity/store.ts';
 import { startSimulator, type Simulator } from './sim/simulator.ts';
+import { buildWebAssets, type WebAssets } from './transport/web.ts';
 import { serve } from './workers/serve.ts';
 import { startWorkers, type Workers } from './workers/supervisor.ts';
 
@@ -31,6 +32,7 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
   const { upstream, sim } = config;
   // A store that cannot be opened is an error here, at start, not at some user's first session.
   if (storeNeeded(config) && config.workers > 1) await (await openDeviceStore(config.store)).close();
+  const web = config.webEnabled ? await buildWebAssets() : undefined;
   const embedded = upstream.url === undefined && upstream.ota.url === undefined;
   const simulator = embedded
     ? await startSimulator({
@@ -47,7 +49,7 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
   }
   const metrics = createMetrics();
   recordInfo(metrics, { maxSessions: config.limits.maxSessions, ...config.sink });
-  const clients = await (config.workers === 1 ? inThread(config, source, metrics, logger) : startWorkers(config, source, metrics, logger)).catch(
+  const clients = await (config.workers === 1 ? inThread(config, source, web, metrics, logger) : startWorkers(config, source, web, metrics, logger)).catch(
     async (error: unknown) => {
       await simulator?.close();
       throw error;
@@ -79,9 +81,9 @@ export async function startGateway(config: Config, logger: Logger): Promise<Runn
 }
 
 /** WORKERS=1: the client path in this thread, the cheapest way. */
-async function inThread(config: Config, source: UpstreamSource, metrics: Metrics, logger: Logger) {
+async function inThread(config: Config, source: UpstreamSource, web: WebAssets | undefined, metrics: Metrics, logger: Logger) {
   const scrape = () => metrics.registry.metrics();
-  const serving = await serve({ config, source, metrics, logger, scrape });
+  const serving = await serve({ config, source, metrics, logger, scrape, web });
   return {
     port: serving.port,
     workers: undefined,

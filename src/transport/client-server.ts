@@ -4,6 +4,7 @@ import type { Authenticate, ClientIdentity } from '../identity/clients.ts';
 import { Registry } from 'prom-client';
 import type { Logger } from '../observability/log.ts';
 import type { ClientSocket } from './socket-sink.ts';
+import type { WebAssets } from './web.ts';
 
 /** One client's connection, as the server reports it: what it sent, when it drained, how it closed. */
 export interface Connection {
@@ -75,8 +76,18 @@ export function assertNativeUws(): void {
   }
 }
 
-/** The client-facing server: /v1/voice, /metrics, /healthz, /readyz. I/O only; decisions are the actors'. */
-export function startClientServer(handler: ConnectionHandler, authenticate: Authenticate, config: Config, scrape: Scrape, logger: Logger): Promise<ClientServer> {
+/**
+ * The client-facing server: /v1/voice, /metrics, /healthz, /readyz, and the browser client's files when
+ * `web` is given. I/O only; decisions are the actors'.
+ */
+export function startClientServer(
+  handler: ConnectionHandler,
+  authenticate: Authenticate,
+  config: Config,
+  scrape: Scrape,
+  logger: Logger,
+  web: WebAssets | undefined,
+): Promise<ClientServer> {
   assertNativeUws();
   const app = uWS.App();
   const open = new Set<uWS.WebSocket<SocketData>>();
@@ -175,6 +186,14 @@ export function startClientServer(handler: ConnectionHandler, authenticate: Auth
       },
     );
   });
+  if (web !== undefined) {
+    app.get('/*', (res, req) => {
+      const file = web.get(req.getUrl());
+      if (file === undefined) res.writeStatus('404 Not Found').end();
+      // no-cache: a browser revalidates, so that a new gateway's client is the one it runs.
+      else res.writeHeader('Content-Type', file.type).writeHeader('Cache-Control', 'no-cache').writeHeader('X-Content-Type-Options', 'nosniff').end(file.body);
+    });
+  }
   app.any('/*', (res) => {
     res.writeStatus('404 Not Found').end();
   });

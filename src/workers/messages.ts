@@ -1,6 +1,7 @@
 import type { MetricObjectWithValues, MetricValue } from 'prom-client';
 import type { Config } from '../config.ts';
 import type { UpstreamSource } from '../identity/provisioning.ts';
+import type { WebAssets } from '../transport/web.ts';
 
 // What the main thread and a worker thread say to each other over the worker's MessagePort.
 
@@ -13,6 +14,7 @@ export interface WorkerInit {
   /** The gateway's config with this worker's port and share of MAX_SESSIONS. */
   config: Config;
   source: UpstreamSource;
+  web: WebAssets | undefined;
   /** The main thread's logger: its level and bindings, so that a worker's lines read like its own. */
   log: { level: string; bindings: Record<string, unknown> };
   /** Readiness flags, one per worker (readiness.ts). */

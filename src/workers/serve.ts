@@ -7,6 +7,7 @@ import { clientAuthenticator } from '../identity/clients.ts';
 import { Provisioner, storeNeeded, type UpstreamSource } from '../identity/provisioning.ts';
 import { openDeviceStore } from '../identity/store.ts';
 import { startClientServer, type Scrape } from '../transport/client-server.ts';
+import type { WebAssets } from '../transport/web.ts';
 
 /** The client path of one thread: a gateway actor and the uWS server in front of it. */
 export interface Serving {
@@ -26,12 +27,14 @@ export interface ServeOptions {
   metrics: Metrics;
   logger: Logger;
   scrape: Scrape;
+  /** The browser client's files, served at / (WEB_ENABLED). */
+  web: WebAssets | undefined;
   /** What /readyz answers, given whether this thread's gateway admits sessions now. */
   ready?: (accepting: boolean) => boolean;
 }
 
 /** The main thread runs one with WORKERS=1; otherwise each worker thread runs its own. */
-export async function serve({ config, source, metrics, logger, scrape, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
+export async function serve({ config, source, metrics, logger, scrape, web, ready = (accepting) => accepting }: ServeOptions): Promise<Serving> {
   const store = storeNeeded(config) ? await openDeviceStore(config.store) : undefined;
   // Its failure to close is the operator's to know, never a crash of the thread going down.
   const closeStore = () => store?.close().catch((error: unknown) => logger.warn({ err: error }, 'device store did not close cleanly'));
@@ -42,7 +45,7 @@ export async function serve({ config, source, metrics, logger, scrape, ready = (
       return ready(gateway.accepting);
     },
   };
-  const server = await startClientServer(handler, clientAuthenticator(config.clients), config, scrape, logger).catch(async (error: unknown) => {
+  const server = await startClientServer(handler, clientAuthenticator(config.clients), config, scrape, logger, web).catch(async (error: unknown) => {
     await closeStore();
     throw error;
   });

@@ -3,6 +3,7 @@ import { createServer } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import type { Config } from '../config.ts';
 import type { UpstreamSource } from '../identity/provisioning.ts';
+import type { WebAssets } from '../transport/web.ts';
 import type { Logger } from '../observability/log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { assertNativeUws } from '../transport/client-server.ts';
@@ -55,7 +56,7 @@ interface Slot {
   exited: Promise<unknown>;
 }
 
-export async function startWorkers(config: Config, source: UpstreamSource, metrics: Metrics, logger: Logger): Promise<Supervisor> {
+export async function startWorkers(config: Config, source: UpstreamSource, web: WebAssets | undefined, metrics: Metrics, logger: Logger): Promise<Supervisor> {
   // Here, where the message reaches the operator: a worker failing on it would only say it exited.
   assertNativeUws();
   const count = config.workers;
@@ -78,7 +79,7 @@ export async function startWorkers(config: Config, source: UpstreamSource, metri
 
   /** Starts worker `index`; resolves once it listens, rejects if it ends before. */
   const spawn = (index: number): Promise<void> => {
-    const init: WorkerInit = { index, config: share, source, log: logInit(logger), ready: readiness.buffer };
+    const init: WorkerInit = { index, config: share, source, web, log: logInit(logger), ready: readiness.buffer };
     const started = performance.now();
     const worker = newWorker(init);
     const slot: Slot = { worker, listening: false, metrics: new Requests(`worker ${index}'s metrics`, METRICS_TIMEOUT_MS), final: undefined, exited: new Promise((resolve) => worker.once('exit', resolve)) };

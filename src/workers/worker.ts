@@ -14,7 +14,7 @@ const READY_REFRESH_MS = 100;
 const SCRAPE_TIMEOUT_MS = 5000;
 
 const port = parentPort!;
-const { index, config, source, log, ready } = workerData as WorkerInit;
+const { index, config, source, web, log, ready } = workerData as WorkerInit;
 const post = (message: FromWorker) => port.postMessage(message);
 const logger = workerLogger(port, index, log);
 const metrics = createMetrics({ defaultMetrics: false });
@@ -36,6 +36,7 @@ process.on('unhandledRejection', crashed);
 serving = await serve({
   config,
   source,
+  web,
   metrics,
   logger,
   scrape: () => scrapes.ask((id) => post({ kind: 'scrape', id })),

@@ -29,7 +29,7 @@ async function worker(upstreamUrl: string): Promise<Worker> {
   const config = loadConfig({ HOST: '127.0.0.1', PORT: '0', WORKERS: '1', UPSTREAM_URL: upstreamUrl });
   const metrics = createMetrics();
   const scrape = () => metrics.registry.metrics();
-  const serving = await serve({ config, source: { url: upstreamUrl, otaUrl: undefined }, metrics, logger: silentLogger, scrape });
+  const serving = await serve({ config, source: { url: upstreamUrl, otaUrl: undefined }, web: undefined, metrics, logger: silentLogger, scrape });
   res.add(() => serving.stop());
   return { serving, url: `ws://127.0.0.1:${serving.port}/v1/voice`, scrape };
 }

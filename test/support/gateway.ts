@@ -22,9 +22,10 @@ let testDataDir: string | undefined;
 export function testEnv(env: Record<string, string> = {}): Record<string, string> {
   // A gateway whose clients are named users keeps their devices in DATA_DIR: never the checkout's own.
   testDataDir ??= mkdtempSync(join(tmpdir(), 'voicegw-test-data-'));
+  // The browser client is bundled at each start: only the tests of it (test/browser) ask for it.
   // Test files run side by side on few cores, so a test's own event loop can lag for reasons of its
   // neighbours': admission by load stays out of the way unless a test is about it.
-  return { HOST: '127.0.0.1', PORT: '0', DATA_DIR: testDataDir, WORKERS: process.env.WORKERS ?? '1', ADMISSION_MAX_LAG_MS: '10000', ADMISSION_MAX_LATENESS_MS: '10000', ...env };
+  return { HOST: '127.0.0.1', PORT: '0', DATA_DIR: testDataDir, WEB_ENABLED: 'false', WORKERS: process.env.WORKERS ?? '1', ADMISSION_MAX_LAG_MS: '10000', ADMISSION_MAX_LATENESS_MS: '10000', ...env };
 }
 
 /** A real gateway on an ephemeral loopback port, with the embedded simulator unless UPSTREAM_URL is given. */

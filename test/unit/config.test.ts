@@ -30,6 +30,7 @@ const DEFAULTS: Config = {
     ota: { url: undefined, timeoutMs: 10_000, maxAgeMs: 3_600_000, activationVersion: 1, activationTimeoutMs: 300_000, activationPollMs: 3000 },
   },
   store: { dataDir: 'data', databaseUrl: undefined },
+  webEnabled: true,
   workers: availableParallelism(),
   limits: { maxSessions: 1000, maxFrameBytes: 64 * 1024, helloTimeoutMs: 10_000, idleTimeoutMs: 300_000, drainDeadlineMs: 30_000 },
   admission: { maxLagMs: 50, maxLatenessMs: 20 },

@@ -1,0 +1,75 @@
+import type { Browser } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { launchChromium, openClient, type ClientPage } from '../support/browser.ts';
+import { Resources } from '../support/gateway.ts';
+
+// How the browser client connects: its token, activation, and what it says and does when the gateway
+// closes on it.
+
+let browser: Browser;
+const resources = new Resources();
+const pages: ClientPage[] = [];
+
+beforeAll(async () => {
+  browser = await launchChromium();
+});
+afterAll(() => browser.close());
+afterEach(async () => {
+  for (const p of pages.splice(0)) await p.close();
+  await resources.dispose();
+});
+
+async function open(port: number, query = '', waitForReady = true): Promise<ClientPage> {
+  const client = await openClient(browser, port, query, waitForReady);
+  pages.push(client);
+  return client;
+}
+
+it('a page turned away at capacity (1013) says so, and connects by itself once there is room', async () => {
+  const gw = await resources.gateway({ WEB_ENABLED: 'true', MAX_SESSIONS: '1' });
+  const other = await resources.client(gw.url);
+  await other.hello();
+  const { page, problems } = await open(gw.port, '', false);
+  await page.waitForFunction(() => window.voicegw.state === 'waiting');
+  const f = await page.evaluate(() => window.voicegw.errors);
+  expect(f.map((e) => [e.kind, e.code])).toEqual([
+    ['error', 'overloaded'],
+    ['close', 1013],
+  ]);
+  expect(f[1]!.message).toMatch(/^The gateway is at capacity\. Trying again in \d+ s\.$/);
+  expect(await page.locator('#notices .error').first().textContent()).toBe(f[1]!.message);
+  other.close();
+  await other.closed;
+  await page.waitForFunction(() => window.voicegw.state === 'ready', undefined, { timeout: 10_000 });
+  expect(problems).toEqual([]);
+});
+
+it('the token comes from the URL; without one the page says the connection was refused, and does not retry', async () => {
+  const gw = await resources.gateway({ WEB_ENABLED: 'true', CLIENT_TOKENS: 'page-token' });
+  const refused = await open(gw.port, '', false);
+  await refused.page.waitForFunction(() => window.voicegw.state === 'closed');
+  const errors = await refused.page.evaluate(() => window.voicegw.errors);
+  expect(errors).toEqual([{ kind: 'close', code: 1006, message: expect.stringContaining('refused before it opened') }]);
+  const allowed = await open(gw.port, '?token=page-token');
+  expect(await allowed.page.evaluate(() => window.voicegw.errors)).toEqual([]);
+  expect(await allowed.page.inputValue('#token')).toBe('page-token');
+});
+
+it('an activation code is shown until the device is bound, then the session is ready', async () => {
+  const gw = await resources.gateway({
+    WEB_ENABLED: 'true',
+    SIM_PROVISIONING: 'manager',
+    CLIENT_TOKENS: 'alice:alice-token',
+    ACTIVATION_POLL_MS: '50',
+  });
+  const { page, problems } = await open(gw.port, '?token=alice-token', false);
+  await page.waitForFunction(() => window.voicegw.state === 'activation');
+  expect(await page.isVisible('#activation')).toBe(true);
+  const code = (await page.textContent('#activation-code')) ?? '';
+  expect(code).toMatch(/^\d{6}$/);
+  expect(await page.textContent('#activation-message')).not.toBe('');
+  expect(gw.simulator!.bind(code)).toBeDefined();
+  await page.waitForFunction(() => window.voicegw.state === 'ready');
+  expect(await page.isVisible('#activation')).toBe(false);
+  expect(problems).toEqual([]);
+});

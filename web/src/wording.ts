@@ -1,0 +1,40 @@
+// What the page tells the user about each error code and close code of docs/protocol.md.
+
+const ERRORS: Record<string, string> = {
+  bad_message: 'The gateway did not understand a message from this page, and ignored it.',
+  bad_audio: 'A piece of microphone audio did not fit the agreed format and was dropped.',
+  hello_required: 'The page spoke before the session was ready; that was ignored.',
+  upstream_unavailable: 'The voice service cannot be reached right now.',
+  upstream_lost: 'The voice service dropped the connection; the gateway is reconnecting to it.',
+  too_slow: 'This connection is too slow: some of the reply was skipped.',
+  overloaded: 'The gateway is busy or shutting down.',
+  activation_timeout: 'The activation code was not entered in time; a new connection gets a new code.',
+  internal: 'The gateway failed on this session.',
+};
+
+const CLOSES: Record<number, string> = {
+  1000: 'The session ended.',
+  1001: 'The gateway is shutting down.',
+  // A browser sees a refused upgrade (HTTP 401) as a connection that never opened, with no reason.
+  1006: 'The connection was lost, or refused before it opened (as a missing or wrong token is).',
+  1009: 'A message was too large for the gateway.',
+  1011: 'The gateway had an internal error.',
+  1013: 'The gateway is at capacity.',
+  4001: 'The session was not set up in time.',
+  4002: 'The voice service is unavailable, or the device was not activated in time.',
+  4003: 'This connection was too slow to keep up with the audio.',
+};
+
+/** An `error` message in words, with the gateway's own detail where the code alone says too little. */
+export function errorText(code: string, message: string): string {
+  const text = ERRORS[code];
+  if (text === undefined) return `The gateway reported an error (${code}): ${message}`;
+  return code === 'bad_message' ? `${text} (${message})` : text;
+}
+
+/** A close in words, and what happens next. */
+export function closeText(code: number, reason: string, retryInMs: number | undefined): string {
+  const text = code === 1000 && reason === 'idle' ? 'The session was closed after being idle.' : (CLOSES[code] ?? `The connection closed (${code}).`);
+  const next = retryInMs === undefined ? 'Press Connect to start again.' : `Trying again in ${Math.ceil(retryInMs / 1000)} s.`;
+  return `${text} ${next}`;
+}
