@@ -30,8 +30,9 @@ export default defineConfig({
           env: { WORKERS: '1' },
           testTimeout: 60_000,
           hookTimeout: 60_000,
-          // After the other projects, so that real-time audio does not compete with them for the cores.
+          // After the other projects and one file at a time, so that real-time audio does not compete for the cores.
           sequence: { groupOrder: 1 },
+          fileParallelism: false,
         },
       },
       {

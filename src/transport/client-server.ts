@@ -4,7 +4,7 @@ import type { Authenticate, ClientIdentity } from '../identity/clients.ts';
 import { Registry } from 'prom-client';
 import type { Logger } from '../observability/log.ts';
 import type { ClientSocket } from './socket-sink.ts';
-import type { WebAssets } from './web.ts';
+import { serveWeb, type WebAssets } from './web.ts';
 
 /** One client's connection, as the server reports it: what it sent, when it drained, how it closed. */
 export interface Connection {
@@ -186,14 +186,7 @@ export function startClientServer(
       },
     );
   });
-  if (web !== undefined) {
-    app.get('/*', (res, req) => {
-      const file = web.get(req.getUrl());
-      if (file === undefined) res.writeStatus('404 Not Found').end();
-      // no-cache: a browser revalidates, so that a new gateway's client is the one it runs.
-      else res.writeHeader('Content-Type', file.type).writeHeader('Cache-Control', 'no-cache').writeHeader('X-Content-Type-Options', 'nosniff').end(file.body);
-    });
-  }
+  if (web !== undefined) serveWeb(app, web);
   app.any('/*', (res) => {
     res.writeStatus('404 Not Found').end();
   });
