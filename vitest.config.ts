@@ -19,7 +19,7 @@ export default defineConfig({
     testTimeout: 20_000,
     hookTimeout: 20_000,
     projects: [
-      { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts', 'test/operations/**/*.test.ts'] } },
+      { extends: true, test: { name: 'unit', include: ['test/unit/**/*.test.ts', 'test/operations/**/*.test.ts', 'test/deploy/**/*.test.ts'] } },
       { extends: true, test: { name: 'integration', include: ['test/integration/**/*.test.ts'], env: { WORKERS: '1' } } },
       // A real Chromium (Debian's) against a real gateway: one file at a time, audio runs in real time.
       {
@@ -37,7 +37,7 @@ export default defineConfig({
       },
       {
         extends: true,
-        test: { name: 'integration (WORKERS=2)', include: EVERY_CORE, exclude: ['test/integration/workers.test.ts'], env: { WORKERS: '2' } },
+        test: { name: 'integration (WORKERS=2)', include: EVERY_CORE, exclude: ['test/integration/workers.test.ts', 'test/integration/compiled-build.test.ts'], env: { WORKERS: '2' } },
       },
     ],
   },

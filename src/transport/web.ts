@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { build } from 'esbuild';
+import { build, stop } from 'esbuild';
 import type uWS from 'uWebSockets.js';
 
 // The browser client (web/), as the gateway serves it at GET /: its static files and its TypeScript,
@@ -50,6 +50,8 @@ export async function buildWebAssets(): Promise<WebAssets> {
     write: false,
     logLevel: 'silent',
   });
+  // esbuild keeps a service process for further builds: there are none.
+  await stop();
   for (const output of bundled.outputFiles) assets.set(`/${output.path.slice(WEB.length)}`, file(TYPES['.js']!, output.contents));
   return assets;
 }
