@@ -103,9 +103,12 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const logger = createLogger(config.logLevel);
-  const running = await startGateway(config, logger);
+  let running: RunningGateway | undefined;
   const stop = (signal: string) => {
     logger.info({ signal }, 'stopping');
+    // Before the gateway listens there is no session to drain: as PID 1 in a container a signal
+    // unheard now would be lost, and the pod killed only at the end of its grace period.
+    if (running === undefined) process.exit(0);
     (signal === 'SIGTERM' ? running.drain() : running.stop()).then(
       () => process.exit(0),
       (error: unknown) => {
@@ -116,6 +119,7 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  running = await startGateway(config, logger);
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {

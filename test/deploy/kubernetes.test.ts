@@ -164,6 +164,7 @@ describe('the invariant checks fail on a broken invariant', () => {
     ['every setting from one Secret, unseen', ({ container }) => container.envFrom.push({ secretRef: { name: 'voicegw' } }), /envFrom secretRef voicegw/],
     ['the HPA aiming at MAX_SESSIONS', ({ hpa }) => (hpa.spec.metrics[0].pods.target.averageValue = '300'), /aims at 300 sessions a pod, not below MAX_SESSIONS 300/],
     ['the HPA without its CPU fallback', ({ hpa }) => hpa.spec.metrics.pop(), /no CPU metric to fall back on/],
+    ['a replica count beside the HPA', ({ deployment }) => (deployment.spec.replicas = 2), /sets replicas 2 while an autoscaler owns the count/],
     ['the KEDA ScaledObject beside the HPA', ({ objects }) => objects.push(structuredClone(scaledObject)), /both scale the Deployment: KEDA makes its own HPA/],
     ['DATA_DIR on the read-only root filesystem', ({ container }) => (container.volumeMounts = container.volumeMounts.filter((m: K8sObject) => m.name !== 'data')), /DATA_DIR \/var\/lib\/voicegw is on the read-only root filesystem/],
     ['a setting the gateway refuses', ({ config }) => (config.data.MAX_SESSIONS = '0'), /the gateway would refuse this environment: invalid configuration: MAX_SESSIONS/],

@@ -222,6 +222,9 @@ export function checkManifests(objects: K8sObject[]): string[] {
   const container = ((pod.containers ?? []) as K8sObject[]).find((c) => c.name === 'voicegw') ?? (pod.containers?.[0] as K8sObject | undefined);
   if (container === undefined) return ['the Deployment has no container'];
   if (!matches(deployment.spec?.selector?.matchLabels, podLabels)) problems.push("the Deployment's selector does not match its pod template's labels");
+  if (deployment.spec?.replicas !== undefined && (find(objects, 'HorizontalPodAutoscaler').length > 0 || find(objects, 'ScaledObject').length > 0)) {
+    problems.push(`the Deployment sets replicas ${deployment.spec.replicas} while an autoscaler owns the count: every apply would fight it, a forced one would reset the fleet`);
+  }
 
   // The configuration the gateway would load from this environment (src/config.ts, its defaults included).
   const { env, fromSecrets } = containerEnv(objects, container, problems);
