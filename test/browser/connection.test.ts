@@ -1,3 +1,4 @@
+import { createServer, connect, type Socket } from 'node:net';
 import type { Browser } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { launchChromium, openClient, type ClientPage } from '../support/browser.ts';
@@ -18,6 +19,31 @@ afterEach(async () => {
   for (const p of pages.splice(0)) await p.close();
   await resources.dispose();
 });
+
+/** A TCP proxy in front of the gateway, whose connections can be cut as a network drops them (1006). */
+async function tcpProxy(port: number): Promise<{ port: number; cut(): void }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const gateway = connect(port, '127.0.0.1');
+    for (const s of [client, gateway]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => sockets.delete(s));
+    }
+    client.pipe(gateway).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  resources.add(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return {
+    port: (server.address() as { port: number }).port,
+    cut: () => {
+      for (const s of sockets) s.destroy();
+    },
+  };
+}
 
 async function open(port: number, query = '', waitForReady = true): Promise<ClientPage> {
   const client = await openClient(browser, port, query, waitForReady);
@@ -53,6 +79,28 @@ it('the token comes from the URL; without one the page says the connection was r
   const allowed = await open(gw.port, '?token=page-token');
   expect(await allowed.page.evaluate(() => window.voicegw.errors)).toEqual([]);
   expect(await allowed.page.inputValue('#token')).toBe('page-token');
+  // Connect is for when no session is up: with the token typed in, the refused page connects.
+  expect(await allowed.page.isDisabled('#connect')).toBe(true);
+  await refused.page.fill('#token', 'page-token');
+  await refused.page.click('#connect');
+  await refused.page.waitForFunction(() => window.voicegw.state === 'ready');
+  expect(await refused.page.isDisabled('#connect')).toBe(true);
+});
+
+it('a connection that drops after it had opened (1006) is said to have dropped, and the page connects again by itself', async () => {
+  const gw = await resources.gateway({ WEB_ENABLED: 'true' });
+  const proxy = await tcpProxy(gw.port);
+  const { page, problems } = await open(proxy.port);
+  const first = await page.evaluate(() => window.voicegw.sessionId);
+  proxy.cut();
+  await page.waitForFunction(() => window.voicegw.state === 'waiting');
+  expect(await page.evaluate(() => window.voicegw.errors)).toEqual([
+    { kind: 'close', code: 1006, message: expect.stringMatching(/^The connection to the gateway dropped\. Trying again in \d+ s\.$/) },
+  ]);
+  expect(await page.isDisabled('#talk')).toBe(true);
+  await page.waitForFunction(() => window.voicegw.state === 'ready', undefined, { timeout: 10_000 });
+  expect(await page.evaluate(() => window.voicegw.sessionId)).not.toBe(first);
+  expect(problems).toEqual([]);
 });
 
 it('an activation code is shown until the device is bound, then the session is ready', async () => {

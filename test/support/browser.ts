@@ -34,9 +34,13 @@ export interface ClientPage {
   close(): Promise<void>;
 }
 
-/** Opens the gateway's client page (`query` is its URL's search, e.g. `?downlink=pcm16`) in a context of its own. */
-export async function openClient(browser: Browser, port: number, query = '', waitForReady = true): Promise<ClientPage> {
+/**
+ * Opens the gateway's client page (`query` is its URL's search, e.g. `?downlink=pcm16`) in a context of its
+ * own. `beforeLoad` runs in the page before any of its scripts, e.g. to stand in for a browser API.
+ */
+export async function openClient(browser: Browser, port: number, query = '', waitForReady = true, beforeLoad?: () => void): Promise<ClientPage> {
   const context: BrowserContext = await browser.newContext({ viewport: { width: 960, height: 540 } });
+  if (beforeLoad !== undefined) await context.addInitScript(beforeLoad);
   const page = await context.newPage();
   page.setDefaultTimeout(30_000);
   const problems: string[] = [];
@@ -45,7 +49,9 @@ export async function openClient(browser: Browser, port: number, query = '', wai
     if (message.type() === 'error') problems.push(message.text());
   });
   await page.goto(`http://127.0.0.1:${port}/${query}`);
-  if (waitForReady) await page.waitForFunction(() => window.voicegw?.state === 'ready');
+  // The page defines window.voicegw as its module starts, which a page's load event need not wait for.
+  await page.waitForFunction(() => window.voicegw !== undefined);
+  if (waitForReady) await page.waitForFunction(() => window.voicegw.state === 'ready');
   return { page, problems, close: () => context.close() };
 }
 

@@ -1,10 +1,10 @@
 // The browser reference client of voicegw (/app.js): connects to /v1/voice on the page's own host, plays
 // the reply through the player worklet, sends the microphone from the mic worklet, and shows what happens.
 // URL parameters: token (when the gateway needs one), downlink=opus|pcm16 (to force a codec).
-import { chooseDownlink, Downlink } from './downlink.ts';
+import { chooseDownlink, Downlink, type DownlinkChoice } from './downlink.ts';
 import { exposeFigures, type Line, type Problem } from './figures.ts';
+import { answerMcp } from './mcp.ts';
 import { MIC_RATE } from './mic.ts';
-import type { PlayerFigures } from './player-messages.ts';
 import { Player } from './player.ts';
 import type { ClientMessage, GatewayMessage, GatewayState } from './protocol.ts';
 import { PlayoutReport } from './report.ts';
@@ -15,40 +15,49 @@ import { closeText, errorText } from './wording.ts';
 
 const params = new URLSearchParams(location.search);
 const context = new AudioContext({ latencyHint: 'interactive' });
-const choice = chooseDownlink(params.get('downlink'), context.sampleRate);
 
 let state = 'connecting';
 let gatewayState: GatewayState | undefined;
 let sessionId: string | null = null;
-let codec = choice.codec;
+/** What the hello asks for; known once the browser has said whether it decodes Opus. */
+let choice: DownlinkChoice | undefined;
+let codec: 'opus' | 'pcm16' = params.get('downlink') === 'pcm16' ? 'pcm16' : 'opus';
 const transcript: Line[] = [];
 const errors: Problem[] = [];
 
-const player = await Player.create(context, Number(controls.target.value), (figures) => {
-  report.figures(figures, performance.now());
-  if (figures.event !== 'tick') talk.changed();
+const player = new Player(context, Number(controls.target.value), (figures) => {
+  report.figures(figures);
+  talk.playerEvent(figures.event);
   render();
 });
-const downlink = new Downlink(player, (message) => problem('client', 'decoder', message));
+const downlink = new Downlink(player, {
+  error: (message) => problem('client', 'decoder', message),
+  opusFailed: (message) => fallBackToPcm(message),
+});
 const session = new Session(url, hello, {
   connecting() {
+    endSession();
     state = 'connecting';
     render();
   },
   message: onMessage,
   audio: (frame) => downlink.frame(frame),
-  closed(code, reason, retryInMs) {
-    state = retryInMs === undefined ? 'closed' : 'waiting';
-    gatewayState = undefined;
-    report.end();
-    downlink.stop();
-    talk.gatewayState(undefined);
-    showActivation(undefined);
-    problem('close', code, closeText(code, reason, retryInMs));
+  unreadable: () => problem('client', 'message', 'The gateway sent a message this page could not read; it was ignored.'),
+  closed(code, reason, next) {
+    endSession();
+    state = next.retryInMs === undefined ? 'closed' : 'waiting';
+    problem('close', code, closeText(code, reason, next));
   },
 });
-const report = new PlayoutReport((message) => session.send(message));
-const link = { state: () => gatewayState, send: (m: ClientMessage) => session.send(m), sendAudio: (pcm: Int16Array) => session.sendAudio(pcm) };
+const report = new PlayoutReport(
+  (message) => session.send(message),
+  () => player.figures,
+);
+const link = {
+  state: () => gatewayState,
+  send: (m: ClientMessage) => session.send(m),
+  sendAudio: (pcm: Int16Array) => session.sendAudio(pcm),
+};
 const talk = new Talk(context, link, downlink, player, (message) => problem('client', 'microphone', message));
 
 function url(): string {
@@ -58,12 +67,27 @@ function url(): string {
 }
 
 function hello(): ClientMessage {
-  return {
-    type: 'hello',
-    version: 1,
-    downlink: choice.codec === 'opus' ? { codec: 'opus', transport: 'binary' } : { codec: 'pcm16', sampleRate: choice.sampleRate, transport: 'binary' },
-    uplink: { codec: 'pcm16', sampleRate: MIC_RATE, frameMs: 60 },
-  };
+  const downlink = choice?.codec === 'opus' ? { codec: 'opus' as const, transport: 'binary' as const } : { codec: 'pcm16' as const, sampleRate: choice?.sampleRate ?? 48000, transport: 'binary' as const };
+  return { type: 'hello', version: 1, downlink, uplink: { codec: 'pcm16', sampleRate: MIC_RATE, frameMs: 60 } };
+}
+
+/** Starts a new session (Connect, a page back from the cache, a change of codec); the old one ends first. */
+function connect(): void {
+  if (choice === undefined) return;
+  codec = choice.codec;
+  session.connect();
+}
+
+/**
+ * The session is gone, or a new one begins: nothing of the old one may linger (the gateway's state, the
+ * playout report's counters, a pressed talk button, a hands-free utterance, an activation code).
+ */
+function endSession(): void {
+  gatewayState = undefined;
+  report.end();
+  downlink.stop();
+  talk.gatewayState(undefined);
+  showActivation(undefined);
 }
 
 function onMessage(m: GatewayMessage): void {
@@ -78,7 +102,9 @@ function onMessage(m: GatewayMessage): void {
     case 'state': {
       const replyOver = gatewayState === 'speaking';
       state = gatewayState = m.state;
-      downlink.state(replyOver);
+      // The device is bound once the session moves: whatever the code was, it is done with.
+      showActivation(undefined);
+      downlink.state(m.state, replyOver);
       talk.gatewayState(m.state);
       break;
     }
@@ -99,9 +125,24 @@ function onMessage(m: GatewayMessage): void {
     case 'error':
       problem('error', m.code, errorText(m.code, m.message));
       break;
-    default: // pong, mcp: this page sends no ping and offers no tools
+    case 'pong':
+      downlink.pong(m.id);
+      break;
+    case 'mcp': {
+      const answer = answerMcp(m.payload);
+      if (answer !== undefined) session.send(answer);
+      break;
+    }
   }
   render();
+}
+
+/** WebCodecs kept failing on this session's packets: a new session with the gateway decoding them. */
+function fallBackToPcm(message: string): void {
+  if (choice === undefined || choice.codec === 'pcm16') return;
+  choice = { ...choice, codec: 'pcm16' };
+  problem('client', 'decoder', `${message} Reconnecting with pcm16 audio, which the gateway decodes.`);
+  connect();
 }
 
 function problem(kind: Problem['kind'], code: string | number, message: string): void {
@@ -111,9 +152,8 @@ function problem(kind: Problem['kind'], code: string | number, message: string):
 }
 
 function render(): void {
-  const f: PlayerFigures = player.figures;
-  showState(state, gatewayState !== undefined, f.playing);
-  showFigures(f, codec, talk.uplinkMs);
+  showState(state, gatewayState !== undefined, player.figures.playing);
+  showFigures(player.figures, codec, talk.uplinkMs);
 }
 
 controls.token.value = params.get('token') ?? '';
@@ -151,14 +191,28 @@ controls.target.addEventListener('change', () => {
   controls.target.value = String(ms);
   player.setTarget(ms);
 });
-controls.connect.addEventListener('click', () => session.connect());
+// Disabled while a session is up (showState); otherwise a new try, e.g. with another token.
+controls.connect.addEventListener('click', connect);
 // Browsers start audio only after a user gesture (unless told otherwise, as the tests' Chromium is).
 for (const type of ['pointerdown', 'keydown'] as const) addEventListener(type, () => void context.resume(), { capture: true });
 if (context.state === 'suspended') notify('info', 'Click anywhere (or type) to turn the sound on.');
 addEventListener('pagehide', () => session.close());
+// Back from the back/forward cache: the socket was closed at pagehide, and the page's state is of then.
+addEventListener('pageshow', (e) => {
+  if (e.persisted) connect();
+});
 
 exposeFigures(() => {
   const { event: _event, ...figures } = player.figures;
-  return { ...figures, state, sessionId, codec, transcript, errors, uplinkMs: talk.uplinkMs };
+  return { ...figures, state, sessionId, codec, transcript, errors, uplinkMs: talk.uplinkMs, uplinkDropped: session.uplinkDropped };
 });
-session.connect();
+render();
+
+try {
+  await player.ready;
+  choice = await chooseDownlink(params.get('downlink'), context.sampleRate);
+  connect();
+} catch (error) {
+  state = 'closed';
+  problem('client', 'player', `The audio player could not start: ${error instanceof Error ? error.message : String(error)}`);
+}

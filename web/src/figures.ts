@@ -1,5 +1,7 @@
 // window.voicegw: the page's figures, read-only, for tests (which read them instead of guessing from
-// timing) and for anyone looking from the console. The player's are counted in its worklet.
+// timing) and for anyone looking from the console. The player's are counted in its worklet. It is
+// defined before the page awaits anything (the player's are all zero until its worklet runs), so that
+// whoever finds the page loaded finds it there.
 import type { PlayerFigures } from './player-messages.ts';
 
 export interface Line {
@@ -23,6 +25,8 @@ export interface VoicegwFigures extends Omit<PlayerFigures, 'event'> {
   errors: Problem[];
   /** Microphone audio sent in the current or last utterance. */
   uplinkMs: number;
+  /** Microphone chunks (20 ms each) dropped since the page opened because the socket was backed up. */
+  uplinkDropped: number;
 }
 
 declare global {

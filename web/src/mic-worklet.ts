@@ -1,8 +1,8 @@
 // The microphone: an AudioWorkletProcessor ('voicegw-mic') that turns the context's audio into pcm16 at
 // 16 kHz, the uplink the page announces, and posts it in 20 ms chunks. It low-passes below 16 kHz's
 // Nyquist before it takes every n-th sample (else what is above 8 kHz folds back into speech), and
-// interpolates between input samples. process() allocates nothing: one chunk buffer is reused, and
-// postMessage copies it.
+// interpolates between input samples. process() allocates nothing of its own: one chunk buffer is
+// reused, and postMessage's copy of it, once per chunk (every 20 ms, not every quantum), is the only one.
 
 const OUT_RATE = 16000;
 const CHUNK_SAMPLES = 320;

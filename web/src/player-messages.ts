@@ -4,9 +4,12 @@
 export type PlayerCommand =
   /** One downlink frame, decoded, at `sampleRate` (a new rate drops what is buffered: a new session). */
   | { type: 'frame'; samples: Float32Array; sampleRate: number }
-  /** The reply's audio is all here: play out what is buffered even below the target, no underrun at its end. */
+  /**
+   * The reply's audio is all here: play out what is buffered even below the target, no underrun at its
+   * end; answered with `drained` once nothing is left (at once when nothing is buffered).
+   */
   | { type: 'end' }
-  /** The user's turn ended: the next start of playback measures the time to first audio from `at`. */
+  /** The user's turn ended: the next start of playback measures the time to first audio from the latest `at`. */
   | { type: 'turn'; at: number }
   /** Barge-in or abort: drop everything buffered; measure the stop from `at`. */
   | { type: 'flush'; at: number }
@@ -14,7 +17,10 @@ export type PlayerCommand =
 
 export type PlayerEvent = 'tick' | 'started' | 'underrun' | 'drained' | 'stopped';
 
-/** Player → page: its figures, counted where the audio is rendered, posted on each event and every ~50 ms. */
+/**
+ * Player → page: its figures, counted where the audio is rendered, posted on each event and every ~50 ms
+ * while a reply is playing or buffered, or something else changed.
+ */
 export interface PlayerFigures {
   event: PlayerEvent;
   playing: boolean;

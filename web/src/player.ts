@@ -1,31 +1,21 @@
 // The page's side of the player: loads the worklet, hands it decoded frames and marks, and keeps the
-// figures it posts back.
+// figures it posts back. It exists at once (the page's figures are there before anything is awaited);
+// the worklet follows (`ready`), and until then there is nothing to play and commands are not sent.
 import { noFigures, type PlayerCommand, type PlayerFigures } from './player-messages.ts';
 
 export class Player {
   /** The worklet's latest figures. */
   figures: PlayerFigures = noFigures();
+  /** The worklet is running; rejects if it could not be loaded. */
+  readonly ready: Promise<void>;
+  private node: AudioWorkletNode | undefined;
 
-  private constructor(
-    private readonly node: AudioWorkletNode,
-    onFigures: (figures: PlayerFigures) => void,
+  constructor(
+    context: AudioContext,
+    private targetMs: number,
+    private readonly onFigures: (figures: PlayerFigures) => void,
   ) {
-    node.port.onmessage = (e: MessageEvent<PlayerFigures>) => {
-      this.figures = e.data;
-      onFigures(e.data);
-    };
-  }
-
-  static async create(context: AudioContext, targetMs: number, onFigures: (figures: PlayerFigures) => void): Promise<Player> {
-    await context.audioWorklet.addModule('/player-worklet.js');
-    const node = new AudioWorkletNode(context, 'voicegw-player', {
-      numberOfInputs: 0,
-      numberOfOutputs: 1,
-      outputChannelCount: [1],
-      processorOptions: { targetMs },
-    });
-    node.connect(context.destination);
-    return new Player(node, onFigures);
+    this.ready = this.load(context);
   }
 
   push(samples: Float32Array, sampleRate: number): void {
@@ -48,10 +38,27 @@ export class Player {
   }
 
   setTarget(ms: number): void {
+    this.targetMs = ms;
     this.post({ type: 'target', ms });
   }
 
+  private async load(context: AudioContext): Promise<void> {
+    await context.audioWorklet.addModule('/player-worklet.js');
+    const node = new AudioWorkletNode(context, 'voicegw-player', {
+      numberOfInputs: 0,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+      processorOptions: { targetMs: this.targetMs },
+    });
+    node.port.onmessage = (e: MessageEvent<PlayerFigures>) => {
+      this.figures = e.data;
+      this.onFigures(e.data);
+    };
+    node.connect(context.destination);
+    this.node = node;
+  }
+
   private post(command: PlayerCommand, transfer: Transferable[] = []): void {
-    this.node.port.postMessage(command, transfer);
+    this.node?.port.postMessage(command, transfer);
   }
 }

@@ -2,10 +2,9 @@
 
 export type GatewayState = 'ready' | 'listening' | 'processing' | 'speaking' | 'reconnecting';
 
-export interface DownlinkParams {
+interface DownlinkParams {
   codec: 'pcm16' | 'opus';
   sampleRate: number;
-  transport: 'binary' | 'json';
 }
 
 export type GatewayMessage =
@@ -30,4 +29,6 @@ export type ClientMessage =
   | { type: 'listen'; state: 'stop' }
   | { type: 'text'; text: string }
   | { type: 'abort' }
+  | { type: 'ping'; id: string }
+  | { type: 'mcp'; payload: Record<string, unknown> }
   | { type: 'playout'; bufferedMs: number; underruns: number; playedMs: number };

@@ -34,11 +34,12 @@ const view = {
 
 const MAX_NOTICES = 4;
 
-/** `up`: a session is there to talk to. */
+/** `up`: a session is there to talk to; Connect is for when there is none (or it is still coming up). */
 export function showState(state: string, up: boolean, playing: boolean): void {
   view.state.textContent = playing && state !== 'speaking' ? `${state} · playing` : state;
   view.state.dataset.state = state;
   for (const c of [controls.text, controls.talk, controls.stop]) c.disabled = !up;
+  controls.connect.disabled = up;
 }
 
 export function showEmotion(emoji: string): void {
