@@ -1,7 +1,6 @@
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
-import { ask, figuresOf, launchChromium, openClient, replyPlayed, type ClientPage } from '../support/browser.ts';
+import { ask, figuresOf, chromiumForFile, replyPlayed, type ClientPage } from '../support/browser.ts';
 import { Resources } from '../support/gateway.ts';
 
 // Which downlink the browser client asks for, and what it does when WebCodecs cannot decode Opus after
@@ -10,23 +9,11 @@ import { Resources } from '../support/gateway.ts';
 const speech = loadSpeech();
 const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
 
-let browser: Browser;
-const resources = new Resources();
-const pages: ClientPage[] = [];
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(() => browser.close());
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close();
-  await resources.dispose();
-});
+const { resources, openPage } = chromiumForFile();
 
 async function open(beforeLoad: () => void): Promise<ClientPage> {
   const gw = await resources.gateway({ WEB_ENABLED: 'true' });
-  const client = await openClient(browser, gw.port, '?downlink=opus', true, beforeLoad);
-  pages.push(client);
+  const client = await openPage(gw.port, '?downlink=opus', true, beforeLoad);
   return client;
 }
 

@@ -1,24 +1,12 @@
 import { createServer, connect, type Socket } from 'node:net';
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { launchChromium, openClient, type ClientPage } from '../support/browser.ts';
+import { expect, it } from 'vitest';
+import { chromiumForFile, type ClientPage } from '../support/browser.ts';
 import { Resources } from '../support/gateway.ts';
 
 // How the browser client connects: its token, activation, and what it says and does when the gateway
 // closes on it.
 
-let browser: Browser;
-const resources = new Resources();
-const pages: ClientPage[] = [];
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(() => browser.close());
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close();
-  await resources.dispose();
-});
+const { resources, openPage } = chromiumForFile();
 
 /** A TCP proxy in front of the gateway, whose connections can be cut as a network drops them (1006). */
 async function tcpProxy(port: number): Promise<{ port: number; cut(): void }> {
@@ -46,8 +34,7 @@ async function tcpProxy(port: number): Promise<{ port: number; cut(): void }> {
 }
 
 async function open(port: number, query = '', waitForReady = true): Promise<ClientPage> {
-  const client = await openClient(browser, port, query, waitForReady);
-  pages.push(client);
+  const client = await openPage(port, query, waitForReady);
   return client;
 }
 

@@ -1,6 +1,5 @@
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { ask, figuresOf, launchChromium, openClient, replyPlayed, type ClientPage } from '../support/browser.ts';
+import { expect, it } from 'vitest';
+import { ask, figuresOf, chromiumForFile, replyPlayed, type ClientPage } from '../support/browser.ts';
 import { decodeReference, Resources, type TestGateway } from '../support/gateway.ts';
 
 // The browser client's microphone in Debian's Chromium: the fake capture device plays
@@ -16,23 +15,11 @@ function levelDb(pcm: Buffer): number {
   return 10 * Math.log10(power / 32768 ** 2);
 }
 
-let browser: Browser;
-const resources = new Resources();
-const pages: ClientPage[] = [];
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(() => browser.close());
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close();
-  await resources.dispose();
-});
+const { resources, openPage } = chromiumForFile();
 
 async function open(env: Record<string, string> = {}): Promise<{ gw: TestGateway; client: ClientPage }> {
   const gw = await resources.gateway({ WEB_ENABLED: 'true', ...env });
-  const client = await openClient(browser, gw.port);
-  pages.push(client);
+  const client = await openPage(gw.port);
   return { gw, client };
 }
 

@@ -1,7 +1,6 @@
-import type { Browser } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
-import { ask, figuresOf, launchChromium, openClient, replyPlayed, screenshotPath, type ClientPage } from '../support/browser.ts';
+import { ask, figuresOf, chromiumForFile, replyPlayed, screenshotPath, type ClientPage } from '../support/browser.ts';
 import { metricValue, poll, Resources, type TestGateway } from '../support/gateway.ts';
 
 // The browser client's playback in Debian's Chromium, against a gateway with its embedded simulator,
@@ -12,23 +11,11 @@ const speech = loadSpeech();
 const REPLY_FRAMES = speech.sentences.reduce((n, s) => n + s.packets.length, 0);
 const REPLY_MS = REPLY_FRAMES * speech.frameMs;
 
-let browser: Browser;
-const resources = new Resources();
-const pages: ClientPage[] = [];
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(() => browser.close());
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close();
-  await resources.dispose();
-});
+const { resources, openPage } = chromiumForFile();
 
 async function open(query = ''): Promise<{ gw: TestGateway; client: ClientPage }> {
   const gw = await resources.gateway({ WEB_ENABLED: 'true' });
-  const client = await openClient(browser, gw.port, query);
-  pages.push(client);
+  const client = await openPage(gw.port, query);
   return { gw, client };
 }
 

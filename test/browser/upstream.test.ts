@@ -1,8 +1,7 @@
-import type { Browser } from 'playwright-core';
 import type { WebSocket } from 'ws';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { loadSpeech } from '../../src/sim/speech.ts';
-import { ask, launchChromium, openClient, replyPlayed, type ClientPage } from '../support/browser.ts';
+import { ask, chromiumForFile, replyPlayed } from '../support/browser.ts';
 import { fakeUpstream, SERVER_HELLO, sendJson } from '../support/fake-upstream.ts';
 import { metricValue, poll, Resources } from '../support/gateway.ts';
 
@@ -20,18 +19,7 @@ const LEAD_FRAMES = 10;
  */
 const PAUSE_MS = 1500;
 
-let browser: Browser;
-const resources = new Resources();
-const pages: ClientPage[] = [];
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(() => browser.close());
-afterEach(async () => {
-  for (const p of pages.splice(0)) await p.close();
-  await resources.dispose();
-});
+const { resources, openPage } = chromiumForFile();
 
 /** Speaks the fixture's reply with a pause after its first LEAD_FRAMES frames, the rest at once after it. */
 function replyWithPause(ws: WebSocket, text: unknown): void {
@@ -56,8 +44,7 @@ it('a reply that stops mid-way for longer than the buffer holds counts one under
     else if (m.type === 'listen' && m.state === 'detect') replyWithPause(ws, m.text);
   });
   const gw = await resources.gateway({ WEB_ENABLED: 'true', UPSTREAM_URL: url });
-  const client = await openClient(browser, gw.port);
-  pages.push(client);
+  const client = await openPage(gw.port);
   await ask(client.page, 'Say something, slowly.');
   const f = await replyPlayed(client.page, REPLY_FRAMES);
   expect(f.underruns).toBe(1);
@@ -87,8 +74,7 @@ it("answers the voice service's MCP requests with method not found, and its noti
     } else if (m.type === 'mcp') mcp.push(m);
   });
   const gw = await resources.gateway({ WEB_ENABLED: 'true', UPSTREAM_URL: url });
-  const client = await openClient(browser, gw.port);
-  pages.push(client);
+  const client = await openPage(gw.port);
   // The notification came before the request: had it been answered, that answer would be first.
   await expect.poll(() => mcp.length).toBeGreaterThan(0);
   expect(mcp).toEqual([

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import { Resources } from './gateway.ts';
 // Brings window.voicegw's type (a global declaration) into the tests' page functions.
 import type { VoicegwFigures } from '../../web/src/figures.ts';
 
@@ -79,4 +81,30 @@ export async function replyPlayed(page: Page, frames: number): Promise<VoicegwFi
 export function screenshotPath(): string {
   if (process.env.SCREENSHOT === 'update') return fileURLToPath(new URL('../../docs/images/web-client.png', import.meta.url));
   return join(mkdtempSync(join(tmpdir(), 'voicegw-screenshot-')), 'web-client.png');
+}
+
+/**
+ * One Chromium for a test file. `openPage` is openClient on it; after each test its pages are closed and
+ * the gateways and servers in `resources` stopped.
+ */
+export function chromiumForFile(): { resources: Resources; openPage: (...args: Parameters<typeof openClient> extends [Browser, ...infer R] ? R : never) => Promise<ClientPage> } {
+  let browser: Browser;
+  const resources = new Resources();
+  const pages: ClientPage[] = [];
+  beforeAll(async () => {
+    browser = await launchChromium();
+  });
+  afterAll(() => browser.close());
+  afterEach(async () => {
+    for (const p of pages.splice(0)) await p.close();
+    await resources.dispose();
+  });
+  return {
+    resources,
+    openPage: async (...args) => {
+      const page = await openClient(browser, ...args);
+      pages.push(page);
+      return page;
+    },
+  };
 }
