@@ -79,6 +79,20 @@ export interface DeviceStore {
   close(): Promise<void>;
 }
 
+/**
+ * The user's device, made on first use, by the one rule every store keeps: read; if none, insert a new
+ * device where the user is the key (ON CONFLICT DO NOTHING), so that of two instances inserting at once
+ * the second inserts nothing; then read the one that was kept. Loops only while another instance forgets
+ * the user between the insert and the read.
+ */
+export async function deviceForUser(user: string, get: (user: string) => Promise<Device | undefined>, insertIfAbsent: (device: Device) => Promise<unknown>): Promise<Device> {
+  for (;;) {
+    const kept = await get(user);
+    if (kept) return kept;
+    await insertIfAbsent(newDevice(user));
+  }
+}
+
 export class StoreError extends Error {
   override name = 'StoreError';
   constructor(

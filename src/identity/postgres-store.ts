@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { newDevice, StoreError, type DeviceStore } from './devices.ts';
+import { deviceForUser, StoreError, type DeviceStore } from './devices.ts';
 import { MIGRATIONS, SCHEMA_VERSION_TABLE, toDevice, type DeviceRow } from './migrations.ts';
 
 // PostgreSQL, shared by every instance (and every worker thread of each), so that any of them serves a
@@ -48,21 +48,15 @@ export async function openPostgresStore(url: string): Promise<DeviceStore> {
 
   return {
     get,
-    async deviceFor(user) {
-      // The user is the key: of two instances inserting at once, the second inserts nothing and reads the
-      // first's. Loops only while another instance forgets the user between our insert and our read.
-      for (;;) {
-        const kept = await get(user);
-        if (kept) return kept;
-        const d = newDevice(user);
-        await query(
+    deviceFor: (user) =>
+      deviceForUser(user, get, (d) =>
+        query(
           'write',
           `INSERT INTO devices (user_name, device_id, client_id, serial_number, hmac_key, created_at)
            VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_name) DO NOTHING`,
           [d.user, d.deviceId, d.clientId, d.serialNumber, d.hmacKey, d.createdAt],
-        );
-      }
-    },
+        ),
+      ),
     // COLLATE "C": the same order as SQLite's, whatever the database's locale.
     list: async () => (await query<DeviceRow>('read', 'SELECT * FROM devices ORDER BY user_name COLLATE "C"')).rows.map(toDevice),
     async saveEndpoint(user, deviceId, endpoint) {

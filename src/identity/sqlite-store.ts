@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { newDevice, StoreError, type Device, type DeviceStore } from './devices.ts';
+import { deviceForUser, StoreError, type Device, type DeviceStore } from './devices.ts';
 import { MIGRATIONS, SCHEMA_VERSION_TABLE, toDevice, type DeviceRow } from './migrations.ts';
 
 // SQLite in DATA_DIR, for one instance. Each worker thread opens its own connection to the file: WAL
@@ -46,14 +46,7 @@ export function openSqliteStore(file: string): DeviceStore {
 
   return {
     get,
-    async deviceFor(user) {
-      // Loops only while another instance forgets the user between our insert and our read.
-      for (;;) {
-        const kept = await get(user);
-        if (kept) return kept;
-        await attempt('write', () => insert.run(newDevice(user)));
-      }
-    },
+    deviceFor: (user) => deviceForUser(user, get, (d) => attempt('write', () => insert.run(d))),
     list: () => attempt('read', () => selectAll.all().map(toDevice)),
     saveEndpoint: (user, deviceId, endpoint) =>
       attempt('write', () => {
